@@ -1,0 +1,152 @@
+"""Converted-checkpoint directories (Orbax variables + a JSON of the arch) and `load_generator`.
+
+Layout of a directory written by `save`:
+
+    DIR/gfpgan_jax.json   {"format": 1, "arch": ..., "kwargs": {...}, ...}
+    DIR/variables/        Orbax checkpoint of {'params': ..., 'noises': ...}
+
+The directory is assembled under a temporary name and renamed into place, so
+a crash never leaves a half-written checkpoint at DIR.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gfpgan_jax.convert import archs
+from gfpgan_jax.convert import state_dict as sd_lib
+
+META_FILE = 'gfpgan_jax.json'
+VARIABLES_DIR = 'variables'
+FORMAT_VERSION = 1
+
+
+def _jsonable(cfg: dict[str, Any]) -> dict[str, Any]:
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def save(directory: str | os.PathLike,
+         variables: dict[str, Any],
+         arch: str,
+         kwargs: dict[str, Any] | None = None,
+         overwrite: bool = False,
+         **meta) -> pathlib.Path:
+  """Writes variables of `arch` as a converted checkpoint directory.
+
+  Args:
+    directory: output directory (must not exist unless `overwrite`).
+    variables: Flax variables; checked against `arch` before anything is written.
+    arch: arch name (`gfpgan_jax.convert.archs.ARCHS`).
+    kwargs: constructor options over the released defaults.
+    overwrite: replace an existing directory.
+    **meta: extra JSON-serialisable fields for the metadata file.
+
+  Returns:
+    The directory path.
+  """
+  directory = pathlib.Path(directory).absolute()
+  cfg = archs.get(arch).config(**(kwargs or {}))
+  sd_lib.check_variables(variables, arch, **cfg)
+  if directory.exists() and not overwrite:
+    raise FileExistsError(f'{directory} exists; pass overwrite=True (--overwrite) to replace it')
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / VARIABLES_DIR, jax.tree.map(np.asarray, variables))
+    ckptr.wait_until_finished()
+    info = {'format': FORMAT_VERSION, 'arch': arch, 'kwargs': _jsonable(cfg), **meta}
+    (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + '\n')
+    if directory.exists():
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+  return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+  """The metadata of a converted checkpoint or export directory."""
+  directory = pathlib.Path(directory)
+  meta_file = directory / META_FILE
+  if not meta_file.is_file():
+    raise sd_lib.ConversionError(f'{directory} is not a gfpgan_jax checkpoint directory (no {META_FILE})')
+  try:
+    meta = json.loads(meta_file.read_text())
+  except json.JSONDecodeError as e:
+    raise sd_lib.ConversionError(f'{meta_file} is corrupt: {e}') from e
+  if meta.get('format') != FORMAT_VERSION or 'arch' not in meta:
+    raise sd_lib.ConversionError(f'{meta_file}: unsupported format {meta.get("format")!r}')
+  return meta
+
+
+def load(directory: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
+  """Reads a converted checkpoint directory.
+
+  Returns:
+    (arch, complete kwargs, variables as numpy arrays).
+
+  Raises:
+    ConversionError: not a checkpoint directory, truncated/corrupt files, or
+      variables that do not match the recorded arch.
+  """
+  directory = pathlib.Path(directory).absolute()
+  meta = read_meta(directory)
+  arch = meta['arch']
+  cfg = archs.get(arch).config(**meta.get('kwargs', {}))
+  try:
+    restored = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
+  except Exception as e:  # pylint: disable=broad-except
+    raise sd_lib.ConversionError(f'cannot read the variables of {directory}: {type(e).__name__}: {e}') from e
+  variables = jax.tree.map(np.asarray, restored)
+  sd_lib.check_variables(variables, arch, **cfg)
+  return arch, cfg, variables
+
+
+def load_generator(path: str | os.PathLike,
+                   arch: str | None = None,
+                   dtype: Any = jnp.float32,
+                   **kwargs) -> tuple[nn.Module, dict[str, Any]]:
+  """Returns `(module, variables)` of a generator.
+
+  Args:
+    path: a converted checkpoint directory, an export directory, or an
+      official `.pth` (arch and options detected from the keys unless given).
+    arch: force this arch for a `.pth`.
+    dtype: compute dtype of the returned module (parameters stay float32).
+    **kwargs: constructor options for a `.pth` (override the detected ones).
+
+  Raises:
+    ConversionError: not a generator checkpoint, or not loadable.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    arch, cfg, variables = load(path)
+  elif path.is_file():
+    from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
+    from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top
+    sd, _ = pth.read_pth(path)
+    if arch is None:
+      found = detect.detect_arch(sd)
+      if found is None:
+        raise sd_lib.ConversionError(f'{path}: {detect.describe(sd)}; pass the arch explicitly')
+      arch, detected = found
+      kwargs = {**detected, **kwargs}
+    variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
+    cfg = archs.get(arch).config(**kwargs)
+  else:
+    raise FileNotFoundError(f'no checkpoint at {path}')
+  if not archs.get(arch).is_generator:
+    raise sd_lib.ConversionError(f'{path} holds a {arch!r}, not a generator')
+  module, _ = archs.build(arch, dtype=dtype, **cfg)
+  return module, variables

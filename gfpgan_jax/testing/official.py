@@ -1,0 +1,134 @@
+"""Loads the official GFP-GAN architecture files (PyTorch) for parity tests and benchmarks.
+
+The sources are fetched with `pip download --no-deps gfpgan==1.3.8 basicsr==1.4.2
+torchvision==0.28.0` into a cache directory (from PyPI; nothing else is
+downloaded) and only their architecture files are imported, by file path:
+their package `__init__`s pull in dependencies that do not install here, and
+torchvision's compiled ops need a CUDA build of torch.
+
+One substitution is made, as the project rules allow: basicsr's `fused_act`
+op has no CPU build, so `FusedLeakyReLU`/`fused_leaky_relu` are replaced by
+their formula `scale * leaky_relu(x + bias, 0.2)` (gfpgan.md 1.1). Every other
+line that runs is the official code (basicsr's own CPU `upfirdn2d_native`,
+torchvision's VGG definition and its pure-PyTorch `roi_align`).
+"""
+
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+import types
+import zipfile
+
+PACKAGES = ('gfpgan==1.3.8', 'basicsr==1.4.2', 'torchvision==0.28.0')
+DEFAULT_CACHE = pathlib.Path(os.environ.get('GFPGAN_JAX_OFFICIAL_DIR',
+                                            pathlib.Path.home() / '.cache' / 'gfpgan_jax' / 'official'))
+
+
+def fetch(cache_dir: pathlib.Path = DEFAULT_CACHE) -> pathlib.Path:
+  """Downloads and unpacks the official sources once; returns the source root."""
+  cache_dir = pathlib.Path(cache_dir)
+  src = cache_dir / 'src'
+  marker = src / '.complete'
+  if marker.exists():
+    return src
+  dl = cache_dir / 'dl'
+  dl.mkdir(parents=True, exist_ok=True)
+  subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '-d', str(dl), *PACKAGES],
+                 check=True)
+  src.mkdir(parents=True, exist_ok=True)
+  for f in sorted(dl.iterdir()):
+    if f.suffix == '.whl':
+      with zipfile.ZipFile(f) as z:
+        z.extractall(src)
+    elif f.name.endswith('.tar.gz'):
+      with tarfile.open(f) as t:
+        t.extractall(src, filter='data')
+        top = f.name[:-len('.tar.gz')]
+        pkg = top.split('-')[0]
+        (src / top / pkg).rename(src / pkg)
+  marker.touch()
+  return src
+
+
+def _fake_package(name: str, path: pathlib.Path) -> types.ModuleType:
+  """Registers a package whose `__init__` is not executed; its submodules load from `path`."""
+  mod = types.ModuleType(name)
+  mod.__path__ = [str(path)]
+  sys.modules[name] = mod
+  parent, _, child = name.rpartition('.')
+  if parent:
+    setattr(sys.modules[parent], child, mod)
+  return mod
+
+
+def _fused_act_substitute() -> types.ModuleType:
+  """basicsr.ops.fused_act with the CUDA op replaced by its formula."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
+
+  def fused_leaky_relu(input, bias, negative_slope=0.2, scale=2**0.5):  # pylint: disable=redefined-builtin
+    if bias is not None:
+      input = input + bias.view(1, bias.shape[0], *([1] * (input.ndim - 2)))
+    return F.leaky_relu(input, negative_slope=negative_slope) * scale
+
+  class FusedLeakyReLU(nn.Module):
+
+    def __init__(self, channel, negative_slope=0.2, scale=2**0.5):
+      super().__init__()
+      self.bias = nn.Parameter(torch.zeros(channel))
+      self.negative_slope = negative_slope
+      self.scale = scale
+
+    def forward(self, input):  # pylint: disable=redefined-builtin
+      return fused_leaky_relu(input, self.bias, self.negative_slope, self.scale)
+
+  mod = types.ModuleType('basicsr.ops.fused_act')
+  mod.FusedLeakyReLU = FusedLeakyReLU
+  mod.fused_leaky_relu = fused_leaky_relu
+  return mod
+
+
+class Official:
+  """The official modules: `stylegan2_arch`, `gfpganv1_arch`, `gfpganv1_clean_arch`,
+  `stylegan2_clean_arch`, `arcface_arch`, `vgg_arch`, `tv_vgg`, `roi_align`."""
+
+  def __init__(self, src: pathlib.Path):
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    src = pathlib.Path(src)
+    _fake_package('basicsr', src / 'basicsr')
+    for sub in ('archs', 'ops', 'utils'):
+      _fake_package(f'basicsr.{sub}', src / 'basicsr' / sub)
+    fused = _fused_act_substitute()
+    sys.modules['basicsr.ops.fused_act'] = fused
+    sys.modules['basicsr.ops'].fused_act = fused
+    logger = importlib.import_module('basicsr.utils.logger')
+    sys.modules['basicsr.utils'].get_root_logger = logger.get_root_logger
+    importlib.import_module('basicsr.utils.registry')
+    _fake_package('torchvision', src / 'torchvision')
+    _fake_package('torchvision.models', src / 'torchvision' / 'models')
+    _fake_package('torchvision.ops', src / 'torchvision' / 'ops')
+    _fake_package('gfpgan', src / 'gfpgan')
+    _fake_package('gfpgan.archs', src / 'gfpgan' / 'archs')
+    self.tv_vgg = importlib.import_module('torchvision.models.vgg')
+    self.roi_align = importlib.import_module('torchvision.ops.roi_align')._roi_align  # pylint: disable=protected-access
+    self.stylegan2_arch = importlib.import_module('basicsr.archs.stylegan2_arch')
+    self.vgg_arch = importlib.import_module('basicsr.archs.vgg_arch')
+    self.gfpganv1_arch = importlib.import_module('gfpgan.archs.gfpganv1_arch')
+    self.stylegan2_clean_arch = importlib.import_module('gfpgan.archs.stylegan2_clean_arch')
+    self.gfpganv1_clean_arch = importlib.import_module('gfpgan.archs.gfpganv1_clean_arch')
+    self.arcface_arch = importlib.import_module('gfpgan.archs.arcface_arch')
+
+
+_LOADED: Official | None = None
+
+
+def load(cache_dir: pathlib.Path = DEFAULT_CACHE) -> Official:
+  """Fetches (once) and imports the official architecture modules."""
+  global _LOADED
+  if _LOADED is None:
+    _LOADED = Official(fetch(cache_dir))
+  return _LOADED
