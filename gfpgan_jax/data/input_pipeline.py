@@ -1,0 +1,275 @@
+"""Host-side grain input pipeline: read, decode, flip and batch HQ faces.
+
+The degradations that make the LQ input run on the accelerator
+(`gfpgan_jax/data/degradations.py`); the host only does what the official
+`FFHQDegradationDataset` does to the GT (gfpgan.md 3.1, steps 1, 2 and 14):
+
+    source (folder | TFDS ArrayRecord, decoded with PIL to RGB uint8 [R, R, 3])
+      -> seed -> shuffle -> repeat
+      -> RandomHorizontalFlip (p=0.5; image and landmarks)
+      -> ComponentBoxes (official eye/mouth boxes)
+      -> slice [process_index::process_count] -> batch(global_batch / process_count)
+      -> to_iter_dataset (read threads) -> mp_prefetch (worker processes)
+
+Train batches (`make_train_iterator`) are dicts of numpy arrays, B = per-process
+batch = `config.data.batch_size // process_count`:
+
+    'gt':            uint8   [B, R, R, 3]  RGB, 0..255
+    'loc_left_eye':  float32 [B, 4]  (x1, y1, x2, y2), only with crop_components
+    'loc_right_eye': float32 [B, 4]  image left/right, after the flip
+    'loc_mouth':     float32 [B, 4]
+    'num_skipped':   int32   [B]  1 where the sampled file was unreadable (replaced)
+
+Sharding: the shuffled, flipped *global* stream is the same on every process,
+and process p takes positions p, p + P, p + 2P, ... of it. Processes thus read
+disjoint images (within each epoch), together they cover the dataset, and the
+union of the P per-process batches of step k is the same set of samples whatever
+P is. All per-sample randomness (shuffle order, flip) is a function of the
+global position, drawn from grain's per-element `np.random.Generator`.
+
+Without landmarks: with `crop_components=True` building the pipeline fails
+(the recipe needs the boxes); with `crop_components=False` the `loc_*` keys are
+absent.
+
+Bad data: see `sources.DecodedSource`. Unreadable files are replaced by the
+next readable one and flagged in `num_skipped`, which travels with the batch
+and so counts across grain worker processes and hosts; the trainer can log
+the running total of `batch['num_skipped'].sum()` (each bad file counts once
+per epoch). Files in other modes (grey, RGBA, palette, 16-bit) are converted to
+RGB uint8. Both are logged once per file and process, naming the file. A
+missing path or an empty folder raises when the pipeline is built.
+
+Checkpointing: `iterator.get_state()` / `set_state()` round-trip, and the
+iterator can be saved with Orbax through `grain.checkpoint.CheckpointSave` /
+`CheckpointRestore`. The state depends on `worker_count`: restore with the
+same value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import sources
+
+logger = logging.getLogger(__name__)
+
+PyTree = Any
+
+
+# ---------------------------------------------------------- transforms -----
+
+
+class RandomHorizontalFlip(grain.transforms.RandomMap):
+  """Flips the face and its landmarks with probability `prob` (official step 2).
+
+  Landmarks follow the official dataset: left and right eyes are swapped and x
+  becomes `width - x` (512 - x at 512 px). New arrays are returned; the input
+  element is not modified.
+  """
+
+  def __init__(self, prob: float = 0.5, width: int = 512):
+    self.prob = prob
+    self.width = width
+
+  def random_map(self, element: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if rng.random() >= self.prob:
+      return element
+    element = dict(element)
+    element['gt'] = np.ascontiguousarray(element['gt'][:, ::-1])
+    if 'locations' in element:
+      element['locations'] = landmarks_lib.flip_locations(element['locations'], self.width)
+    return element
+
+
+class ComponentBoxes(grain.transforms.Map):
+  """Landmarks [3, 3] -> the official `loc_left_eye`/`loc_right_eye`/`loc_mouth` float32 [4]."""
+
+  def __init__(self, eye_enlarge_ratio: float = 1.4):
+    self.eye_enlarge_ratio = eye_enlarge_ratio
+
+  def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    element = dict(element)
+    boxes = landmarks_lib.component_boxes(element.pop('locations'), self.eye_enlarge_ratio)
+    for part, box in zip(landmarks_lib.COMPONENTS, boxes):
+      element[f'loc_{part}'] = box
+    return element
+
+
+# -------------------------------------------------------------- sources ----
+
+
+def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
+  return process_index, process_count
+
+
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+  """`global_batch_size / process_count`; raises if it does not divide."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global batch size {global_batch_size} is not a positive multiple of the '
+                     f'process count {process_count}')
+  return global_batch_size // process_count
+
+
+def _load_landmarks(data: ml_collections.ConfigDict) -> dict[int, np.ndarray] | None:
+  return landmarks_lib.load_landmarks(data.landmarks_path) if data.landmarks_path else None
+
+
+def make_train_source(config: ml_collections.ConfigDict) -> sources.DecodedSource:
+  """The decoded training source of `config.data` (fails fast on bad paths).
+
+  Raises:
+    FileNotFoundError: missing folder, TFDS dataset or landmarks file.
+    ValueError: empty folder or dataset, unset path, unknown source type,
+      `crop_components=True` without landmarks, images without landmarks.
+  """
+  data = config.data
+  landmarks = _load_landmarks(data) if data.crop_components else None
+  if data.source == 'folder':
+    if not data.train_dir:
+      raise ValueError("config.data.train_dir is not set (source='folder')")
+    raw = sources.ImageFolderSource(data.train_dir, landmarks, data.landmarks_resolution)
+  elif data.source == 'tfds':
+    if not data.tfds_data_dir:
+      raise ValueError("config.data.tfds_data_dir is not set (source='tfds')")
+    raw = sources.TfdsSource(data.tfds_data_dir, data.tfds_name, data.tfds_split, landmarks,
+                             data.landmarks_resolution)
+  else:
+    raise ValueError(f"config.data.source must be 'folder' or 'tfds', got {data.source!r}")
+  if data.crop_components and not raw.has_components:
+    raise ValueError(
+        f'config.data.crop_components=True needs eye/mouth landmarks for {raw!r}: set '
+        'config.data.landmarks_path (scripts/convert_landmarks.py output) or prepare the TFDS dataset '
+        'with scripts/prepare_ffhq.py --landmarks; or set config.data.crop_components=False')
+  return sources.DecodedSource(raw, data.resolution, with_components=data.crop_components)
+
+
+# ------------------------------------------------------------ training -----
+
+
+def make_train_dataset(config: ml_collections.ConfigDict,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> grain.IterDataset:
+  """The infinite, shuffled, per-process batched training dataset.
+
+  Args:
+    config: the experiment config; reads `config.data`.
+    process_index: this process; default `jax.process_index()`.
+    process_count: number of processes; default `jax.process_count()`.
+
+  Returns:
+    An `IterDataset` of batches (see the module docstring).
+  """
+  data = config.data
+  process_index, process_count = _process_index_and_count(process_index, process_count)
+  batch_size = per_process_batch_size(data.batch_size, process_count)
+  source = make_train_source(config)
+  logger.info('Training source %r: %d images, process %d/%d, batch %d', source, len(source), process_index,
+              process_count, batch_size)
+
+  ds = grain.MapDataset.source(source).seed(data.seed)
+  if data.shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat()
+  if data.use_hflip:
+    ds = ds.random_map(RandomHorizontalFlip(0.5, data.resolution))
+  if data.crop_components:
+    ds = ds.map(ComponentBoxes(data.eye_enlarge_ratio))
+  ds = ds[process_index::process_count]
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_size))
+  if data.worker_count:
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data.worker_count, per_worker_buffer_size=data.worker_buffer_size))
+  return ds
+
+
+def make_train_iterator(config: ml_collections.ConfigDict,
+                        process_index: int | None = None,
+                        process_count: int | None = None) -> grain.DatasetIterator:
+  """A checkpointable iterator over `make_train_dataset` batches.
+
+  Its `get_state()`/`set_state()` round-trip; save it with Orbax as
+  `grain.checkpoint.CheckpointSave(iterator)` next to the train state. Close it
+  (`iterator.close()`) to stop worker processes.
+  """
+  return iter(make_train_dataset(config, process_index, process_count))
+
+
+# ---------------------------------------------------------------- eval -----
+
+
+class _EvalShard:
+  """One process's slice of the eval set, padded to a whole number of batches.
+
+  Elements are `{'gt', 'index', 'mask'}`; padding and unreadable files have
+  mask False, a zero image and index -1 (padding) or their index (unreadable).
+  """
+
+  def __init__(self, decoded: sources.DecodedSource, indices: np.ndarray, length: int):
+    self.decoded = decoded
+    self.indices = indices
+    self.length = length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, j: int) -> dict[str, np.ndarray]:
+    index = int(self.indices[j]) if j < len(self.indices) else -1
+    element = self.decoded.read(index) if index >= 0 else None
+    res = self.decoded.resolution
+    return {
+        'gt': np.zeros((res, res, 3), np.uint8) if element is None else element['gt'],
+        'index': np.int32(index),
+        'mask': np.bool_(element is not None),
+        'num_skipped': np.int32(index >= 0 and element is None),
+    }
+
+
+def make_eval_dataset(config: ml_collections.ConfigDict,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> grain.IterDataset:
+  """The finite, unshuffled, unflipped validation set of `config.data.eval_dir`.
+
+  Process p gets the images p, p + P, ... of the sorted file list, padded so
+  that every process yields the same number of full batches of
+  `eval_batch_size / P` (no process waits for another at the last batch).
+
+  Batches: `gt` uint8 [B, R, R, 3]; `index` int32 [B] (position in
+  `sources.list_image_files(eval_dir)`, -1 for padding); `mask` bool [B]
+  (False for padding and unreadable files, whose `gt` is zeros);
+  `num_skipped` int32 [B]. No component boxes.
+
+  Raises:
+    ValueError: `eval_dir` unset or without images.
+    FileNotFoundError: `eval_dir` missing.
+  """
+  data = config.data
+  if not data.eval_dir:
+    raise ValueError('config.data.eval_dir is not set')
+  process_index, process_count = _process_index_and_count(process_index, process_count)
+  batch_size = per_process_batch_size(data.eval_batch_size, process_count)
+  decoded = sources.DecodedSource(sources.ImageFolderSource(data.eval_dir), data.resolution)
+  indices = np.arange(process_index, len(decoded), process_count)
+  num_batches = math.ceil(math.ceil(len(decoded) / process_count) / batch_size)
+  ds = grain.MapDataset.source(_EvalShard(decoded, indices, num_batches * batch_size))
+  ds = ds.batch(batch_size)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_size))
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> grain.DatasetIterator:
+  """A fresh iterator over `make_eval_dataset` (one pass, then StopIteration)."""
+  return iter(make_eval_dataset(config, process_index, process_count))
