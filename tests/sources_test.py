@@ -73,6 +73,21 @@ def test_decode_resizes_and_rejects_bad_bytes():
       sources.decode_image(data, 8, 'some/file.png')
 
 
+def test_prepare_image_keeps_8bit_rgb_png_bytes(tmp_path):
+  png = encode(Image.fromarray(RGB))
+  (tmp_path / 'a.png').write_bytes(png)
+  assert sources.prepare_image(str(tmp_path / 'a.png'), 16) == (png, 'RGB')
+  (tmp_path / 'b.png').write_bytes(png16(RGB.astype(np.uint16) * 257))  # 16-bit: re-encoded as 8-bit
+  data, mode = sources.prepare_image(str(tmp_path / 'b.png'), 16)
+  assert mode == 'RGB' and data[24:26] == bytes([8, 2])
+  np.testing.assert_array_equal(sources.decode_image(data)[0], RGB)
+  data, _ = sources.prepare_image(str(tmp_path / 'a.png'), 8)  # resized
+  assert sources.decode_image(data)[0].shape == (8, 8, 3)
+  (tmp_path / 'c.png').write_bytes(png[:100])
+  data, note = sources.prepare_image(str(tmp_path / 'c.png'), 16)
+  assert data is None and 'c.png' in note
+
+
 def test_index_from_name():
   assert landmarks_lib.index_from_name('00042.png') == 42
   assert landmarks_lib.index_from_name('a/b/00000042.jpg') == 42

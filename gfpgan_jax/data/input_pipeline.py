@@ -42,15 +42,19 @@ missing path or an empty folder raises when the pipeline is built.
 Checkpointing: `iterator.get_state()` / `set_state()` round-trip, and the
 iterator can be saved with Orbax through `grain.checkpoint.CheckpointSave` /
 `CheckpointRestore`. The state depends on `worker_count`: restore with the
-same value.
+same value. The batches themselves do not: they are formed before the split
+over worker processes, so any `worker_count` yields the same stream.
+
+Worker processes are started with `spawn`, so the program's entry point must
+be guarded by `if __name__ == '__main__'` (as `absl.app.run` programs are).
+Turn the numpy batches into global arrays with
+`jax.make_array_from_process_local_data(sharding, batch)`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
-
 import grain
 import jax
 import ml_collections
@@ -60,8 +64,6 @@ from gfpgan_jax.data import landmarks as landmarks_lib
 from gfpgan_jax.data import sources
 
 logger = logging.getLogger(__name__)
-
-PyTree = Any
 
 
 # ---------------------------------------------------------- transforms -----

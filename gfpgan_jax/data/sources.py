@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import io
 import logging
 import os
+import struct
 from typing import Any
 import warnings
 
@@ -48,6 +49,7 @@ FEATURE_COMPONENTS = 'components'  # Tensor((3, 3), float64, Encoding.BYTES), in
 # Resampling filter for HQ faces whose size is not the training resolution.
 # Lanczos (antialiased) keeps the GT sharp when downscaling FFHQ 1024 -> 512.
 RESAMPLE = Image.Resampling.LANCZOS
+_PNG_IHDR = b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR'  # PNG signature, then the IHDR chunk's length and tag
 
 
 class UnreadableImageError(ValueError):
@@ -121,8 +123,8 @@ def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
 def prepare_image(path: str, resolution: int, compress_level: int = 6) -> tuple[bytes | None, str]:
   """Reads one file for a prepared dataset: PNG bytes of RGB uint8 [R, R, 3].
 
-  An RGB PNG that already is R x R is decoded (to validate it) and its own
-  bytes are kept; anything else is converted, resized and re-encoded.
+  An 8-bit RGB PNG that already is R x R is decoded (to validate it) and its
+  own bytes are kept; anything else is converted, resized and re-encoded.
   Picklable by reference, for a process pool.
 
   Returns:
@@ -135,10 +137,9 @@ def prepare_image(path: str, resolution: int, compress_level: int = 6) -> tuple[
     image, mode = decode_image(data, resolution, path)
   except (OSError, UnreadableImageError) as e:
     return None, str(e)
-  if mode == 'RGB' and data.startswith(b'\x89PNG\r\n\x1a\n'):
-    with Image.open(io.BytesIO(data)) as im:
-      if im.size == (resolution, resolution):
-        return data, mode
+  # IHDR: width and height (big-endian uint32), bit depth 8, colour type 2 (RGB).
+  if data[:16] == _PNG_IHDR and data[16:26] == struct.pack('>IIBB', resolution, resolution, 8, 2):
+    return data, mode
   return encode_png(image, compress_level), mode
 
 
