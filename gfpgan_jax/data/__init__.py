@@ -1,0 +1,1 @@
+"""Training data: on-accelerator degradations (blur, resize, noise, JPEG, colour) in JAX."""
