@@ -110,7 +110,7 @@ def init(arch: str, key: jax.Array, **kwargs) -> dict[str, Any]:
   module, cfg = build(arch, **kwargs)
   args, call_kwargs = get(arch).init_inputs(cfg)
   k1, k2 = jax.random.split(key)
-  return module.init({'params': k1, 'noise': k2}, *args, **call_kwargs)
+  return jax.jit(functools.partial(module.init, **call_kwargs))({'params': k1, 'noise': k2}, *args)
 
 
 @functools.lru_cache(maxsize=32)

@@ -76,7 +76,7 @@ def write_pth(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], par
   torch = _torch()
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tensors = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in state_dict.items())
+  tensors = OrderedDict((k, torch.from_numpy(np.array(v, order="C", copy=True))) for k, v in state_dict.items())
   obj = tensors if param_key is None else {param_key: tensors}
   fd, tmp = tempfile.mkstemp(prefix=path.name, suffix='.tmp', dir=path.parent)
   os.close(fd)

@@ -76,3 +76,17 @@ def assert_parity(out, ref, what: str = 'output') -> Errors:
   err = errors(out, ref)
   assert err.ok(), f'{what}: {err} exceeds rel L2 {REL_L2_TOL} / max {MAX_ABS_REL_TOL} x peak'
   return err
+
+
+def random_variables(arch: str, seed: int = 0, **kwargs):
+  """Random variables with the exact tree of `arch` (no forward pass; for layout-only tests)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax.convert import archs  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(seed)
+
+  def fill(s):
+    if np.issubdtype(s.dtype, np.integer):
+      return rs.randint(0, 1000, s.shape).astype(s.dtype)
+    return rs.standard_normal(s.shape).astype(s.dtype)
+
+  return jax.tree.map(fill, archs.abstract_variables(arch, **kwargs))
