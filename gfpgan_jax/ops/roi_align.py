@@ -47,6 +47,7 @@ the whole bin), not a truncated average.
 """
 
 from collections.abc import Sequence
+import functools
 import math
 
 import jax
@@ -95,6 +96,9 @@ def _axis_matrix(start: Array, size: Array, out: int, num: int, grid: Array, max
   return taps.sum(axis=2) / jnp.maximum(grid_f, 1.0)
 
 
+@functools.partial(jax.jit,
+                   static_argnames=('output_size', 'spatial_scale', 'sampling_ratio', 'aligned', 'max_samples',
+                                    'zero_outside'))
 def roi_align(images: Array,
               boxes: Array,
               output_size: int | Sequence[int],
@@ -109,7 +113,8 @@ def roi_align(images: Array,
   Equals `torchvision.ops.roi_align(images_nchw, rois, output_size,
   spatial_scale, sampling_ratio, aligned)` with `rois[n] = (n, *boxes[n])`,
   transposed to NHWC (see the module docstring for the exact semantics and
-  the `max_samples` bound).
+  the `max_samples` bound). Jitted; all arguments but `images` and `boxes`
+  are static (pass sequences as tuples).
 
   Args:
     images: [N, H, W, C] feature maps (any float dtype; computed in float32).
