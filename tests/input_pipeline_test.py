@@ -351,3 +351,20 @@ def test_eval_iterator_is_finite_deterministic_and_padded(dataset, tmp_path):
   assert sum(int(b['num_skipped'].sum()) for b in runs[1]) == 1  # 00007.png, on process 1
   padded = list(input_pipeline.make_eval_iterator(make_config(root, eval_dir=str(eval_dir), eval_batch_size=6), 1, 2))
   assert len(padded) == 2 and padded[-1]['index'].tolist() == [7, -1, -1] and not padded[-1]['mask'].any()
+
+
+def test_config_defaults_are_the_official_v1_recipe():
+  data = ffhq.get_config().data
+  assert (data.resolution, data.batch_size, data.use_hflip, data.crop_components) == (512, 12, True, True)
+  assert (data.eye_enlarge_ratio, data.landmarks_resolution, data.shuffle, data.seed) == (1.4, 512, True, 0)
+  assert data.worker_count == 6 and data.source == 'folder'
+
+
+def test_host_rate_probe():
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'scripts'))
+  import bench_host  # pylint: disable=g-import-not-at-top
+  args = bench_host.argparse.Namespace(workers='0', resolution=RES, num_images=8, batch_size=4, num_batches=2,
+                                       warmup_batches=1)
+  results = bench_host.host_rate(args)
+  (run,) = results['runs']
+  assert run['images'] == 8 and run['images_per_s'] > 0 and run['resolution'] == RES and run['worker_count'] == 0
