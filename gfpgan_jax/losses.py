@@ -4,10 +4,10 @@ Everything here is a function of arrays (or of a discriminator apply
 callable, for R1): no Flax state, jit-compatible, reductions in float32
 whatever the input dtype. Images are NHWC in [-1, 1].
 
-Weights: each function returns its *unweighted* term and the official
-weights (options/train_gfpgan_v1.yml) are the constants below, applied by the
-caller, with three exceptions that follow the official code: the pyramid
-weight comes from `pyramid_loss_weight(iteration)`, `perceptual_and_style`
+Weights: each function returns its *unweighted* term; the official weights
+(options/train_gfpgan_v1.yml) are the constants below and the caller applies
+them (the pyramid weight is `pyramid_loss_weight(iteration)`, a function of
+the iteration). Two exceptions follow the official code: `perceptual_and_style`
 multiplies by its layer/perceptual/style weights like basicsr's
 `PerceptualLoss`, and `r1_penalty` includes `r1_reg_weight / 2 * d_reg_every`.
 
@@ -91,7 +91,8 @@ def gt_pyramid(gt: Array, num_levels: int | None = None) -> list[Array]:
   Bilinear x0.5 with align_corners=False is the 2x2 mean for even sizes.
 
   Args:
-    gt: [N, S, S, C] with S a power of two >= 8.
+    gt: [N, S, S, C]; S a power of two >= 8 for the default `num_levels`,
+      else divisible by 2**(num_levels - 1).
     num_levels: number of levels; default log2(S) - 2 (down to 8 px, i.e. the
       7 levels 8..512 at S = 512, matching the generator's `out_rgbs`).
 
@@ -104,6 +105,9 @@ def gt_pyramid(gt: Array, num_levels: int | None = None) -> list[Array]:
     if size < 8 or size & (size - 1):
       raise ValueError(f'gt_pyramid: size must be a power of two >= 8, got {gt.shape}')
     num_levels = int(math.log2(size)) - 2
+  if num_levels < 1 or gt.shape[1] % 2**(num_levels - 1) or gt.shape[2] % 2**(num_levels - 1):
+    # Odd sizes would need F.interpolate's scale_factor=0.5 coordinate mapping, which is not the in/out ratio.
+    raise ValueError(f'gt_pyramid: {num_levels} levels need sizes divisible by 2**{num_levels - 1}, got {gt.shape}')
   levels = [gt]
   for _ in range(num_levels - 1):
     levels.insert(0, resample.downsample2x(levels[0]))
@@ -261,6 +265,10 @@ def r1_penalty(d_fn: Callable[[Array], Array],
 
       loss = lambda p: r1_penalty(lambda x: d.apply(p, x), gt)[0]
       grads = jax.grad(loss)(d_params)
+
+  The returned logits are differentiable too, so an R1 iteration can build
+  the whole D loss from one real forward (D is deterministic):
+  `pen, real = r1_penalty(...); d_logistic(real, fake) + pen`.
 
   Args:
     d_fn: images [N, H, W, C] -> logits (any shape; all are summed).

@@ -15,6 +15,7 @@ import pytest
 from gfpgan_jax import convert
 from gfpgan_jax import losses
 from gfpgan_jax.convert import archs
+from gfpgan_jax.models import vgg as models_vgg
 from gfpgan_jax.testing import parity
 from gfpgan_jax.testing import parity_cases
 
@@ -106,6 +107,8 @@ def test_gt_pyramid_matches_official(model_methods):
   np.testing.assert_allclose(np.asarray(got[-2]), gt.reshape(2, 32, 2, 32, 2, 3).mean((2, 4)), atol=1e-6)
   assert len(losses.gt_pyramid(jnp.zeros((1, 512, 512, 3)))) == 7
   assert [g.shape[1] for g in losses.gt_pyramid(jnp.zeros((1, 64, 64, 3)), 2)] == [32, 64]
+  with pytest.raises(ValueError, match='divisible'):
+    losses.gt_pyramid(jnp.zeros((1, 20, 20, 3)), 4)
 
 
 def test_pyramid_l1_and_weight_schedule():
@@ -125,6 +128,11 @@ def test_pyramid_l1_and_weight_schedule():
 
 
 # ------------------------------------------------------------------------------ Gram, perceptual and style
+
+
+def test_layer_weights_are_the_gfpgan_vgg_layers():
+  assert tuple(losses.VGG_LAYER_WEIGHTS) == models_vgg.GFPGAN_LAYERS
+  assert list(losses.VGG_LAYER_WEIGHTS.values()) == [0.1, 0.1, 1.0, 1.0, 1.0]
 
 
 def test_gram_hand_case():
@@ -246,6 +254,9 @@ def test_r1_linear_discriminator_closed_form():
   assert float(value) == pytest.approx(80 * float(jnp.sum(w**2)), rel=1e-6)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(jnp.sum(real * w, axis=(1, 2, 3))[:, None]), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(grad_w), 160 * np.asarray(w), rtol=1e-6)
+  # The returned logits carry D's gradient too: d(R1 + sum D(real)) / dw = 160 w + sum_n real_n.
+  grad_w = jax.grad(lambda w: sum(jnp.sum(v) for v in penalty(w, real)))(w)
+  np.testing.assert_allclose(np.asarray(grad_w), np.asarray(160 * w + real.sum(0, keepdims=True)), rtol=1e-5)
   grad_real = jax.grad(lambda r: penalty(w, r)[0])(real)  # the real images are not differentiated
   assert float(jnp.abs(grad_real).sum()) == 0.0
   value, _ = losses.r1_penalty(lambda x: jnp.sum(x * w, axis=(1, 2, 3)), real, r1_reg_weight=2.0, d_reg_every=1)
