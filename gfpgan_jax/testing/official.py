@@ -16,9 +16,11 @@ torchvision's VGG definition and its pure-PyTorch `roi_align`).
 import importlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import types
 import zipfile
 
@@ -31,25 +33,34 @@ def fetch(cache_dir: pathlib.Path = DEFAULT_CACHE) -> pathlib.Path:
   """Downloads and unpacks the official sources once; returns the source root."""
   cache_dir = pathlib.Path(cache_dir)
   src = cache_dir / 'src'
-  marker = src / '.complete'
-  if marker.exists():
+  if (src / '.complete').exists():
     return src
-  dl = cache_dir / 'dl'
-  dl.mkdir(parents=True, exist_ok=True)
-  subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '-d', str(dl), *PACKAGES],
-                 check=True)
-  src.mkdir(parents=True, exist_ok=True)
-  for f in sorted(dl.iterdir()):
-    if f.suffix == '.whl':
-      with zipfile.ZipFile(f) as z:
-        z.extractall(src)
-    elif f.name.endswith('.tar.gz'):
-      with tarfile.open(f) as t:
-        t.extractall(src, filter='data')
-        top = f.name[:-len('.tar.gz')]
-        pkg = top.split('-')[0]
-        (src / top / pkg).rename(src / pkg)
-  marker.touch()
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  # Work in a private folder and rename it into place: concurrent test workers
+  # (pytest-xdist) may fetch at the same time; the first rename wins.
+  work = pathlib.Path(tempfile.mkdtemp(prefix='fetch-', dir=cache_dir))
+  try:
+    dl, new_src = work / 'dl', work / 'src'
+    subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '-d', str(dl), *PACKAGES],
+                   check=True)
+    new_src.mkdir()
+    for f in sorted(dl.iterdir()):
+      if f.suffix == '.whl':
+        with zipfile.ZipFile(f) as z:
+          z.extractall(new_src)
+      elif f.name.endswith('.tar.gz'):
+        with tarfile.open(f) as t:
+          t.extractall(new_src, filter='data')
+          top = f.name[:-len('.tar.gz')]
+          (new_src / top / top.split('-')[0]).rename(new_src / top.split('-')[0])
+    (new_src / '.complete').touch()
+    try:
+      new_src.rename(src)
+    except OSError:
+      if not (src / '.complete').exists():
+        raise
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
   return src
 
 
