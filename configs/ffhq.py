@@ -38,6 +38,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_batch_size = 12  # global eval batch (the last one is padded; see batch['mask'])
 
   # Degradation model, applied on the accelerator inside the training step.
-  config.data.degradation = ml_collections.ConfigDict()
+  # gfpgan_jax/data/degradations.py; official FFHQDegradationDataset (gfpgan.md 3.1).
+  # A probability of 0 or None, or a range of None, turns its op off.
+  dg = config.data.degradation = ml_collections.ConfigDict()
+  dg.blur_kernel_size = 41  # odd side of the Gaussian blur kernels (grid -20..20)
+  dg.kernel_list = ('iso', 'aniso')  # blur kernel types (only these two are implemented)
+  dg.kernel_prob = (0.5, 0.5)  # probability of each kernel type
+  dg.blur_sigma = (0.1, 10.0)  # sigma_x, sigma_y ~ U(range) in pixels; aniso angle ~ U(-pi, pi)
+  dg.blur_method = 'fft'  # 'fft' (O(HW log HW)) or 'conv' (depthwise conv); same result
+  dg.downsample_range = (0.8, 8.0)  # scale s ~ U(range); shrink to (int(h // s), int(w // s)), INTER_LINEAR
+  dg.noise_range = (0.0, 20.0)  # Gaussian noise sigma ~ U(range) on the 0-255 scale; None = no noise
+  dg.jpeg_range = (60.0, 100.0)  # JPEG quality ~ U(range), truncated to int like the official code; None = off
+  dg.color_jitter_prob = 0.3  # probability of the per-channel colour shift (official color_jitter_prob)
+  dg.color_jitter_shift = 20.0  # colour shift ~ U(-shift, shift) per channel, 0-255 scale
+  dg.gray_prob = 0.01  # probability of turning the LQ gray (0.299 R + 0.587 G + 0.114 B)
+  dg.gt_gray = False  # also turn the GT gray when the LQ is (no-colourisation recipe); off in v1
+  dg.color_jitter_pt_prob = 0.3  # probability of the torchvision colour jitter (ops in random order)
+  dg.brightness = (0.5, 1.5)  # torchvision brightness factor range; None = op skipped
+  dg.contrast = (0.5, 1.5)  # torchvision contrast factor range; None = op skipped
+  dg.saturation = (0.0, 1.5)  # torchvision saturation factor range; None = op skipped
+  dg.hue = (-0.1, 0.1)  # torchvision hue shift range (fraction of the hue circle); None = op skipped
 
   return config

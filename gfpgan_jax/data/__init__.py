@@ -1,1 +1,1 @@
-"""Training data: on-accelerator degradations (blur, resize, noise, JPEG, colour) in JAX."""
+"""Training data: the host input pipeline and the on-accelerator degradations (blur, resize, noise, JPEG, colour)."""
