@@ -150,9 +150,11 @@ def test_process_shards_are_disjoint_and_cover_the_data(dataset):
   for ids in seen:
     assert len(ids) == 4
   assert sorted(sum(seen, [])) == list(range(12))  # disjoint and covering
-  for step in range(2):  # and step k of all processes together is the global batch k
-    ids = sorted(image_id(g) for batches in per_process for g in batches[step]['gt'])
-    assert ids == sorted(image_id(g) for g in global_batches[step]['gt'])
+  for step in range(2):  # and step k of all processes, in process order, is exactly the global batch k
+    ids = [image_id(g) for batches in per_process for g in batches[step]['gt']]
+    assert ids == [image_id(g) for g in global_batches[step]['gt']]
+    for key in global_batches[step]:
+      np.testing.assert_array_equal(np.concatenate([b[step][key] for b in per_process]), global_batches[step][key])
   with pytest.raises(ValueError, match='multiple of the process count'):
     input_pipeline.make_train_iterator(make_config(root, batch_size=4), 0, 3)
 

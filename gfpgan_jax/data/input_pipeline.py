@@ -8,7 +8,7 @@ The degradations that make the LQ input run on the accelerator
       -> seed -> shuffle -> repeat
       -> RandomHorizontalFlip (p=0.5; image and landmarks)
       -> ComponentBoxes (official eye/mouth boxes)
-      -> slice [process_index::process_count] -> batch(global_batch / process_count)
+      -> this process's block of every global batch -> batch(global_batch / process_count)
       -> to_iter_dataset (read threads) -> mp_prefetch (worker processes)
 
 Train batches (`make_train_iterator`) are dicts of numpy arrays, B = per-process
@@ -20,8 +20,11 @@ batch = `config.data.batch_size // process_count`:
     'loc_mouth':     float32 [B, 4]
     'num_skipped':   int32   [B]  1 where the sampled file was unreadable (replaced)
 
-Sharding: the shuffled, flipped *global* stream is the same on every process,
-and process p takes positions p, p + P, p + 2P, ... of it. Processes thus read
+Sharding: the shuffled, flipped *global* stream is the same on every process.
+Cut into global batches of G = `config.data.batch_size`, process p takes rows
+[p G/P, (p+1) G/P) of each, so the per-process batches of step k, concatenated
+in process order (as `jax.make_array_from_process_local_data` does), are exactly
+global batch k, whatever P is. Processes thus read
 disjoint images (within each epoch), together they cover the dataset, and the
 union of the P per-process batches of step k is the same set of samples whatever
 P is. All per-sample randomness (shuffle order, flip) is a function of the
@@ -160,6 +163,41 @@ def make_train_source(config: ml_collections.ConfigDict) -> sources.DecodedSourc
 # ------------------------------------------------------------ training -----
 
 
+class ProcessBlocks(grain.MapDataset):
+  """Process p's rows of every global batch: element i is parent[k G + p b + j], (k, j) = divmod(i, b).
+
+  G is the global batch and b = G / P the per-process batch; batching this
+  dataset by b gives process p's share of each global batch, in order.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._global = global_batch
+    self._local = per_process_batch_size(global_batch, process_count)
+    self._offset = process_index * self._local
+    self._length = len(parent) // global_batch * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    k, j = divmod(index, self._local)
+    return k * self._global + self._offset + j
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems([self._parent_index(i) for i in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f'ProcessBlocks(global={self._global}, local={self._local}, offset={self._offset})'
+
+
 def make_train_dataset(config: ml_collections.ConfigDict,
                        process_index: int | None = None,
                        process_count: int | None = None) -> grain.IterDataset:
@@ -188,7 +226,7 @@ def make_train_dataset(config: ml_collections.ConfigDict,
     ds = ds.random_map(RandomHorizontalFlip(0.5, data.resolution))
   if data.crop_components:
     ds = ds.map(ComponentBoxes(data.eye_enlarge_ratio))
-  ds = ds[process_index::process_count]
+  ds = ProcessBlocks(ds, data.batch_size, process_index, process_count)
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_size))
   if data.worker_count:
