@@ -19,7 +19,7 @@ from gfpgan_jax.models import vgg as models_vgg
 from gfpgan_jax.testing import parity
 from gfpgan_jax.testing import parity_cases
 
-torch = pytest.importorskip('torch')
+import torch  # pylint: disable=g-import-not-at-top,wrong-import-order
 F = torch.nn.functional
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gfpgan_jax.ops import roi_align
 
-torch = pytest.importorskip('torch')
+import torch  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 
 def _official(official, images_nhwc, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):

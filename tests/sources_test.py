@@ -106,7 +106,7 @@ def _official_table(n=5):
 
 
 def test_convert_official_pth_landmarks(tmp_path):
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=g-import-not-at-top
   official = _official_table()
   torch.save(official, tmp_path / 'landmarks.pth')
   with pytest.raises(pickle.UnpicklingError):  # why the converter exists: torch >= 2.6 refuses numpy scalars by default
