@@ -1,6 +1,7 @@
 """Tests of the on-device degradations against OpenCV/torchvision and their sampling."""
 
 import functools
+import itertools
 import math
 import pathlib
 import sys
@@ -8,6 +9,8 @@ import sys
 import cv2
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 import skimage.data
@@ -203,6 +206,32 @@ def test_colour_jitter_ops_match_torchvision(op):
     np.testing.assert_allclose(ours, want, atol=2e-6, err_msg=f'{colour.JITTER_OPS[op]} {f}')
 
 
+def test_jitter_every_order_matches_torchvision_sequence():
+  tv = ref.torchvision_ops()
+  orders = np.array(list(itertools.permutations(range(4))), np.int32)  # all 24
+  n = len(orders)
+  rng = np.random.default_rng(5)
+  imgs = rng.uniform(0, 1, (n, 12, 16, 3)).astype(np.float32)
+  factors = np.stack([rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, n), rng.uniform(0, 1.5, n),
+                      rng.uniform(-0.1, 0.1, n)], axis=1).astype(np.float32)
+  apply = np.arange(n) % 5 != 0
+  ours = np.asarray(jax.jit(colour.jitter)(jnp.asarray(imgs), jnp.asarray(orders), jnp.asarray(factors),
+                                           jnp.asarray(apply)))
+  # Contrast and hue off (their config ranges None): skipped wherever they fall.
+  partial = np.asarray(jax.jit(functools.partial(colour.jitter, enabled=(True, False, True, False)))(
+      jnp.asarray(imgs), jnp.asarray(orders), jnp.asarray(factors), jnp.asarray(apply)))
+  fns = (tv.adjust_brightness, tv.adjust_contrast, tv.adjust_saturation, tv.adjust_hue)
+  for got, enabled in ((ours, (0, 1, 2, 3)), (partial, (0, 2))):
+    for i in range(n):
+      t = torch.from_numpy(imgs[i].transpose(2, 0, 1).copy())
+      if apply[i]:
+        for op in orders[i]:
+          if op in enabled:
+            t = fns[op](t, float(factors[i, op]))
+      np.testing.assert_allclose(got[i], t.numpy().transpose(1, 2, 0), atol=3e-6,
+                                 err_msg=f'order {orders[i]}, enabled {enabled}')
+
+
 # ---------------------------------------------------------------- sampling ----
 
 
@@ -312,6 +341,21 @@ def test_degrade_under_vmap_equals_batched_apply():
   want = np.asarray(_apply('default')(x, params))
   np.testing.assert_allclose(out, want, atol=1.01 / 255)
   assert _level_mismatch(out, want) < 1e-3
+
+
+def test_batch_sharded_degrade_is_local_to_each_device():
+  """Sharded over the batch, no collectives (XLA would all-gather around FFTs) and the same images."""
+  mesh = jax.make_mesh((3,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:3])
+  x = jnp.asarray(_faces(N))
+  xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+  f = _degrade('default')
+  hlo = f.lower(jax.random.key(4), xs).compile().as_text()
+  for op in ('all-gather', 'all-reduce', 'all-to-all', 'collective-permute', 'reduce-scatter'):
+    assert f'{op}(' not in hlo, op
+  out = f(jax.random.key(4), xs)
+  assert out.sharding.spec == P('data')
+  want = f(jax.random.key(4), x)
+  assert _level_mismatch(out, want) < 1e-3 and _psnr(out, want) > 50
 
 
 def test_degrade_pair_gt_gray():

@@ -122,16 +122,33 @@ def _hsv_to_rgb(h: Array, s: Array, v: Array) -> Array:
   return jnp.stack([r, g, b], axis=-1)
 
 
+def _blend_slot(image: Array, op: Array, factor: Array, active: Array) -> Array:
+  """One of brightness (op 0), contrast (1), saturation (2), or nothing.
+
+  All three are torchvision's `_blend(img, target, f)` with target 0, the mean
+  gray level or the gray image; an inactive slot uses f = 1, which returns
+  `image` exactly (1 * x + 0 * t = x, already in [0, 1]).
+  """
+  gray = _tv_gray(image)
+  target = jnp.where(op == 2, gray, jnp.where(op == 1, jnp.mean(gray), 0.0))
+  f = jnp.where(active, factor, 1.0)
+  return jnp.clip(f * image + (1.0 - f) * target, 0.0, 1.0)
+
+
 def _jitter_one(image, order, factors, enabled):
   """One image: the enabled ops in the sample's order (see `jitter`)."""
-  fns = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-  branches = [
-      (lambda x, f, fn=fn: fn(x, f)) if on else (lambda x, f: x)
-      for fn, on in zip(fns, enabled)
-  ]
-  for t in range(4):
-    op = order[t]
-    image = jax.lax.switch(op, branches, image, factors[op])
+  hue_pos = jnp.argmax(order == 3)
+  # The three blend ops in their order: stable sort that moves hue last.
+  blend_ops = order[jnp.argsort(jnp.where(order == 3, 4, jnp.arange(4)))[:3]]
+  on = jnp.asarray(enabled)
+  for j in range(3):  # blend ops before the hue
+    op = blend_ops[j]
+    image = _blend_slot(image, op, factors[op], (j < hue_pos) & on[op])
+  if enabled[3]:
+    image = adjust_hue(image, factors[3])
+  for j in range(3):  # blend ops after the hue
+    op = blend_ops[j]
+    image = _blend_slot(image, op, factors[op], (j >= hue_pos) & on[op])
   return image
 
 
@@ -139,12 +156,12 @@ def jitter(images: Array, order: Array, factors: Array, apply: Array,
            enabled: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> Array:
   """torchvision colour jitter with a random op order per sample (`color_jitter_pt`).
 
-  The samples are processed one after the other (`lax.map`) so that the
-  per-sample `cond`/`switch` really branch: only the sample's own op runs at
-  each step, and nothing runs for samples with `apply` False (70% of them in
-  the official recipe). Vectorised over the batch, every step would have to
-  evaluate all four ops for every sample. (Under an outer `vmap` the branches
-  do become selects; the result is the same.)
+  Vectorised over the batch with a fixed op sequence, so that it shards over
+  the batch like everything else (a per-sample `lax.map`/`cond` would run the
+  batch axis sequentially): three blend slots, the hue, three blend slots.
+  Each of brightness, contrast and saturation is active in exactly one slot,
+  before or after the hue as the sample's order says; inactive slots are
+  exact identities. The hue, the costly op, is computed once.
 
   Args:
     images: float32 [N, H, W, 3] RGB in [0, 1].
@@ -159,12 +176,8 @@ def jitter(images: Array, order: Array, factors: Array, apply: Array,
     float32 [N, H, W, 3].
   """
   enabled = tuple(bool(e) for e in enabled)
-
-  def one(args):
-    x, o, f, a = args
-    return jax.lax.cond(a, lambda x: _jitter_one(x, o, f, enabled), lambda x: x, x)
-
-  return jax.lax.map(one, (images, order, factors, apply))
+  out = jax.vmap(lambda x, o, f: _jitter_one(x, o, f, enabled))(images, order, factors)
+  return jnp.where(apply[:, None, None, None], out, images)
 
 
 def quantize(images: Array) -> Array:
