@@ -10,13 +10,16 @@ says so. For each readable input, `OUTPUT/restored/NAME.png` and a side-by-side
 files are reported by name and skipped; the rest still run.
 
 `--weights` takes an official `.pth` (arch detected), a converted checkpoint
-directory, or an export directory. Without `--input`, a face crop of
-scikit-image's bundled `astronaut()` photograph is restored. Without
+directory, or an export directory (`python -m gfpgan_jax.export`); with
+`--exported`, the export's serialized function runs instead of the module (with
+the dtype and noise mode it was exported with). Without `--input`, a face crop
+of scikit-image's bundled `astronaut()` photograph is restored. Without
 `--weights`, the released v1.3/v1.4 architecture runs with random weights: the
 pipeline runs end to end, but the output is not a restoration (say so loudly).
 """
 
 import argparse
+import functools
 import logging
 import os
 import pathlib
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from gfpgan_jax import export as export_lib
 from gfpgan_jax import inference
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
@@ -76,28 +80,47 @@ def load_model(weights: str | None, dtype):
   return checkpoint.load_generator(weights, dtype=dtype)
 
 
+def restore_fn(args):
+  """(`run(images, key) -> restored`, uint8 [N, S, S, 3] both; S) from the flags."""
+  if not args.exported:
+    module, variables = load_model(args.weights, jnp.dtype(args.dtype or 'float32'))
+    run = jax.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'))
+    return functools.partial(run, variables), module.out_size
+  if args.weights is None:
+    raise ValueError('--exported needs --weights EXPORT_DIR')
+  run, meta = export_lib.load_restore(args.weights)
+  for flag in ('dtype', 'noise'):
+    given = getattr(args, flag)
+    if given is not None and given != meta[flag]:
+      raise ValueError(f'--{flag} {given}: the export was made with --{flag} {meta[flag]} (drop --{flag}, '
+                       'or re-export)')
+  log.info('running the exported function of %s (dtype %s, noise %s)', args.weights, meta['dtype'], meta['noise'])
+  return run, meta['image_size']
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--weights', default=None, help='.pth, converted checkpoint dir or export dir')
   p.add_argument('--input', type=pathlib.Path, default=None, help='image file or directory (default: built-in sample)')
   p.add_argument('--output', type=pathlib.Path, required=True, help='output directory')
   p.add_argument('--batch-size', type=int, default=4, help='faces per device batch')
-  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32', help='compute dtype')
-  p.add_argument('--noise', choices=['random', 'stored'], default='random',
-                 help='decoder noise: fresh per call (official) or the stored buffers (deterministic)')
+  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None, help='compute dtype (default float32)')
+  p.add_argument('--noise', choices=['random', 'stored'], default=None,
+                 help='decoder noise: fresh per call (official; the default) or the stored buffers (deterministic)')
+  p.add_argument('--exported', action='store_true',
+                 help='run the serialized function of the export directory given as --weights')
   p.add_argument('--seed', type=int, default=0, help='noise seed for --noise random')
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(message)s')
+  log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
   if args.batch_size < 1:
     p.error('--batch-size must be >= 1')
   try:
-    module, variables = load_model(args.weights, jnp.dtype(args.dtype))
+    restore, size = restore_fn(args)
     items = _inputs(args.input)
   except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
     log.error('error: %s', e)
     return 2
-  size = module.out_size
-  restore = jax.jit(inference.make_restore_fn(module, randomize_noise=args.noise == 'random'))
   for sub in ('restored', 'cmp'):
     (args.output / sub).mkdir(parents=True, exist_ok=True)
 
@@ -117,7 +140,7 @@ def main(argv=None) -> int:
     chunk = good[i:i + args.batch_size]
     batch = np.zeros((args.batch_size, size, size, 3), np.uint8)  # fixed shape: one compile
     batch[:len(chunk)] = np.stack([im for _, im in chunk])
-    out = np.asarray(restore(variables, batch, jax.random.fold_in(key, i)))
+    out = np.asarray(restore(batch, jax.random.fold_in(key, i)))
     for (name, lq), restored in zip(chunk, out):
       Image.fromarray(restored).save(args.output / 'restored' / f'{name}.png')
       Image.fromarray(np.concatenate([lq, restored], axis=1)).save(args.output / 'cmp' / f'{name}.png')
