@@ -251,6 +251,9 @@ def export(source: str | os.PathLike,
     assembled = checkpoint.save(staging / 'export', src.variables, src.arch, src.kwargs, **meta)
     (assembled / FUNCTION_FILE).write_bytes(blob)
     (assembled / README_FILE).write_text(readme_text({**meta, 'arch': src.arch}))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(assembled, 0o777 & ~umask)  # a temporary directory is 0700; serving may run as another user
     _move_into_place(assembled, output, staging / 'previous')
   finally:
     shutil.rmtree(staging, ignore_errors=True)

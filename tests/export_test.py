@@ -138,6 +138,9 @@ def test_exported_function_equals_the_module_for_batch_1_and_3(clean):
   assert (meta['arch'], meta['noise'], meta['dtype'], meta['image_size']) == ('gfpganv1clean', 'stored', 'float32',
                                                                             SIZE)
   assert meta['source_kind'] == 'checkpoint' and meta['source_step'] is None
+  umask = os.umask(0)
+  os.umask(umask)
+  assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not the 0700 of a temporary directory
   images = _images(3)
   for n in (1, 3):
     got = np.asarray(exported.call(stored, images[:n]))
