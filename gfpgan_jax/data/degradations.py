@@ -266,7 +266,17 @@ def degrade_pair(key: Array, images: Array, cfg: Any) -> tuple[Array, Array]:
   Returns:
     (gt, lq), both float32 [N, H, W, 3] in [0, 1].
   """
-  params = sample_params(key, images.shape[0], cfg)
+  return pair_from_params(images, sample_params(key, images.shape[0], cfg), cfg)
+
+
+def sample_params_per_key(keys: Array, cfg: Any) -> Params:
+  """Parameters with one key per sample (e.g. fixed degradations of validation faces). keys: [N]."""
+  params = jax.vmap(lambda k: sample_params(k, 1, cfg))(keys)
+  return jax.tree.map(lambda v: v[:, 0], params)
+
+
+def pair_from_params(images: Array, params: Params, cfg: Any) -> tuple[Array, Array]:
+  """(gt, lq) of `images` [N, H, W, 3] in [0, 1] with given per-sample parameters (see `degrade_pair`)."""
   lq = apply(images, params, cfg)
   gt = images
   if _get(cfg, 'gt_gray', False) and _prob(cfg, 'gray_prob') > 0:

@@ -22,18 +22,18 @@ Every sample has its own kernel. Two formulations are provided:
 
 XLA's SPMD partitioner does not split an FFT along its batch dimensions: on a
 batch-sharded array it all-gathers the whole batch and every device transforms
-all of it. The FFT blur is therefore wrapped as a batch-local op
-(`custom_partitioning`: each device blurs its own samples, no collectives)
-with a `custom_vmap` rule (an outer vmap is folded into the batch).
+all of it. So when a mesh is set (`jax.set_mesh`, as the trainer does) and the
+batch divides over all its devices, the FFT blur runs under `jax.shard_map`:
+each device blurs its own samples, with no collectives. (`custom_partitioning`
+would do the same but puts a per-process object id in the HLO, which defeats
+the persistent compilation cache and differs between the processes of a pod.)
 """
 
 import functools
 
 import jax
-from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
@@ -97,47 +97,13 @@ def _blur_fft(images: Array, kernels: Array) -> Array:
   return jnp.moveaxis(y, 1, -1).astype(images.dtype)
 
 
-def _batch_sharding(sharding) -> NamedSharding:
-  """`sharding` kept on the leading (batch) axis only; other axes replicated."""
-  spec = sharding.spec
-  return NamedSharding(sharding.mesh, P(spec[0] if len(spec) else None))
-
-
-def _partition(mesh, arg_shapes, result_shape):
-  del result_shape
-  batch = _batch_sharding(arg_shapes[0].sharding)
-  return mesh, _blur_fft, batch, (batch, batch)
-
-
-def _infer_sharding(mesh, arg_shapes, result_shape):
-  del mesh, result_shape
-  return _batch_sharding(arg_shapes[0].sharding)
-
-
-_blur_fft_partitioned = custom_partitioning(_blur_fft)
-_blur_fft_partitioned.def_partition(
-    partition=_partition,
-    infer_sharding_from_operands=_infer_sharding,
-    sharding_rule='b h w c, b k l -> b h w c',
-    need_replication_factors=('h', 'w', 'c', 'k', 'l'))
-
-
-@jax.custom_batching.custom_vmap
 def _blur_fft_batch_local(images: Array, kernels: Array) -> Array:
-  return _blur_fft_partitioned(images, kernels)
-
-
-@_blur_fft_batch_local.def_vmap
-def _blur_fft_vmap(axis_size, in_batched, images, kernels):
-  """Folds the vmapped axis into the batch axis."""
-  images_batched, kernels_batched = in_batched
-  if not images_batched:
-    images = jnp.broadcast_to(images, (axis_size,) + images.shape)
-  if not kernels_batched:
-    kernels = jnp.broadcast_to(kernels, (axis_size,) + kernels.shape)
-  out = _blur_fft_batch_local(images.reshape((-1,) + images.shape[2:]),
-                              kernels.reshape((-1,) + kernels.shape[2:]))
-  return out.reshape(images.shape), True
+  """`_blur_fft`, split over the batch across the devices of the context mesh when there is one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or images.shape[0] % mesh.size:
+    return _blur_fft(images, kernels)
+  spec = P(tuple(mesh.axis_names))
+  return jax.shard_map(_blur_fft, in_specs=(spec, spec), out_specs=spec)(images, kernels)
 
 
 def _blur_conv(images: Array, kernels: Array) -> Array:

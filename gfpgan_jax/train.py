@@ -1,0 +1,57 @@
+r"""Trains GFP-GAN.
+
+    python -m gfpgan_jax.train --config configs/ffhq.py --workdir DIR
+    python -m gfpgan_jax.train --config configs/ffhq.py:demo --workdir /tmp/gfpgan_demo
+
+Restarting with the same --workdir resumes from its latest checkpoint. Config
+fields are overridden with --config.FIELD=VALUE (unknown fields and values of
+the wrong type are rejected before anything runs).
+
+Multi-host: `jax.distributed.initialize()` runs automatically on TPU pods and
+SLURM jobs; elsewhere pass --coordinator_address, --num_processes and
+--process_id (one process per host).
+"""
+
+import logging
+import os
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/ffhq.py[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-process runs).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def initialize_distributed():
+  """`jax.distributed.initialize` when the run spans several processes."""
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif 'SLURM_JOB_ID' in os.environ and int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize()
+  elif os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.getLogger('gfpgan_jax').setLevel(logging.INFO)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax's per-save INFO chatter
+  initialize_distributed()
+  from gfpgan_jax import trainer  # pylint: disable=g-import-not-at-top
+  logging.getLogger('gfpgan_jax.train').info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
