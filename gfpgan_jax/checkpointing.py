@@ -103,25 +103,48 @@ def load_generator_ema(workdir: str | pathlib.Path, step: int | None = None) -> 
     arch, kwargs = info['arch'], dict(info['kwargs'])
   except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
     raise sd_lib.ConversionError(f'{info_file} is corrupt: {type(e).__name__}: {e}') from e
+  restored, step = restore_numpy(workdir, step, ('g_ema_params', 'g_noises'))
+  variables = {'params': restored['g_ema_params'], 'noises': restored['g_noises']}
+  return arch, kwargs, variables, step
+
+
+def restore_numpy(workdir: str | pathlib.Path, step: int | None = None,
+                  fields: tuple[str, ...] | None = None) -> tuple[dict[str, Any], int]:
+  """Reads (some fields of) a saved train state as host numpy arrays, on any machine.
+
+  Unlike a restore to devices, this needs neither the devices, mesh nor
+  sharding of the run that saved it.
+
+  Args:
+    workdir: a training workdir.
+    step: the checkpoint step; default the latest.
+    fields: `TrainState` fields to read (default all).
+
+  Returns:
+    ({field: pytree of np.ndarray}, step).
+
+  Raises:
+    FileNotFoundError: no checkpoint, or none of `step`.
+    ConversionError: an unreadable checkpoint.
+  """
+  directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
   handlers = {'state': ocp.PyTreeCheckpointHandler()}
-  with ocp.CheckpointManager(workdir / CHECKPOINT_DIR, item_names=('state',), item_handlers=handlers) as manager:
+  with ocp.CheckpointManager(directory, item_names=('state',), item_handlers=handlers) as manager:
     steps = sorted(manager.all_steps())
     if not steps:
-      raise FileNotFoundError(f'no checkpoint in {workdir / CHECKPOINT_DIR}')
+      raise FileNotFoundError(f'no checkpoint in {directory}')
     step = steps[-1] if step is None else int(step)
     if step not in steps:
-      raise FileNotFoundError(f'no checkpoint of step {step} in {workdir / CHECKPOINT_DIR}; steps: {steps}')
+      raise FileNotFoundError(f'no checkpoint of step {step} in {directory}; steps: {steps}')
     try:
       saved = manager.item_metadata(step)['state'].tree
-      item = {'g_ema_params': saved['g_ema_params'], 'g_noises': saved['g_noises']}
+      item = {k: saved[k] for k in (fields or saved)}
       as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=item, restore_args=as_numpy, partial_restore=True)))['state']
     except Exception as e:  # pylint: disable=broad-except
-      raise sd_lib.ConversionError(f'cannot read the G-EMA of step {step} in {workdir / CHECKPOINT_DIR}: '
-                                   f'{type(e).__name__}: {e}') from e
-  variables = {'params': restored['g_ema_params'], 'noises': restored['g_noises']}
-  return arch, kwargs, jax.tree.map(np.asarray, variables), step
+      raise sd_lib.ConversionError(f'cannot read step {step} in {directory}: {type(e).__name__}: {e}') from e
+  return jax.tree.map(np.asarray, restored), step
 
 
 class SigtermFlag:

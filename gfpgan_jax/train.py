@@ -32,8 +32,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def initialize_distributed():
   """`jax.distributed.initialize` when the run spans several processes."""
   if _COORDINATOR.value or _NUM_PROCESSES.value:
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Cross-process collectives on CPU devices (ignored by GPU/TPU backends). Must not
+    # touch the backend before `initialize`.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif 'SLURM_JOB_ID' in os.environ and int(os.environ.get('SLURM_NTASKS', '1')) > 1:
     jax.distributed.initialize()

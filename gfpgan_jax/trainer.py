@@ -159,6 +159,35 @@ def load_frozen(nets: ts.Networks, config: ml_collections.ConfigDict) -> PyTree:
 # ------------------------------------------------------------------------------
 
 
+class CompiledSteps:
+  """Jitted functions compiled ahead of time on first use, then called as compiled executables.
+
+  In a multi-process run, processes meet at a coordination-service barrier
+  after each compile, so no process waits in a cross-process collective while
+  another is still compiling (CPU/gloo collectives time out after 30 s). Each
+  function is compiled exactly once; a call with other shapes or shardings fails.
+  """
+
+  def __init__(self, **fns):
+    self._fns = fns
+    self._compiled = {}
+    self.compiles = {name: 0 for name in fns}
+
+  def __call__(self, name: str, *args):
+    if name not in self._compiled:
+      self._compiled[name] = self._fns[name].lower(*args).compile()
+      self.compiles[name] += 1
+      host_barrier(f'gfpgan_jax-compiled-{name}')
+    return self._compiled[name](*args)
+
+
+def host_barrier(name: str, timeout_s: int = 3600):
+  """All processes reach this point (a coordination-service barrier, no device collective)."""
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def _global_batch(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
@@ -188,13 +217,13 @@ def check_finite_state(finite: dict[str, Any], step: int, ckpt: checkpointing.Ch
                              f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
 
 
-def evaluate(state, frozen, eval_fn, config, batch_sharding) -> dict[str, float]:
+def evaluate(state, frozen, fns: CompiledSteps, config, batch_sharding) -> dict[str, float]:
   """Masked means of the per-face validation metrics over the whole eval set."""
   sums, count = {}, 0.0
   key = jax.random.key(config.eval_seed)
   it = input_pipeline.make_eval_iterator(config)
   for batch in it:
-    m = jax.device_get(eval_fn(state, _global_batch(batch, batch_sharding), frozen, key))
+    m = jax.device_get(fns('eval_step', state, _global_batch(batch, batch_sharding), frozen, key))
     mask = m.pop('mask').astype(np.float64)
     count += mask.sum()
     for k, v in m.items():
@@ -259,29 +288,32 @@ def _train(config, workdir, mesh):
     log.info('resumed from step %d of %s', start, ckpt.directory)
   frozen = jax.device_put(load_frozen(nets, config), repl)
 
-  step_fns = {
-      r1: jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=r1),
-                  in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
-      for r1 in (False, True)
-  }
-  preview_fn = jax.jit(functools.partial(steps.preview_step, nets=nets, config=config,
-                                         num=min(config.num_preview_images, config.data.batch_size)),
-                       out_shardings=repl)
-  finite_fn = jax.jit(_params_finite, out_shardings=repl)
-  eval_fn = None
-  if config.data.eval_dir:
-    eval_fn = jax.jit(functools.partial(steps.eval_step, nets=nets, config=config), out_shardings=repl)
+  jit = functools.partial(jax.jit, out_shardings=repl)
+  fns = CompiledSteps(
+      train_step=jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=False),
+                         in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                         donate_argnums=0),
+      train_step_r1=jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=True),
+                            in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                            donate_argnums=0),
+      preview_step=jit(functools.partial(steps.preview_step, nets=nets, config=config,
+                                         num=min(config.num_preview_images, config.data.batch_size))),
+      eval_step=jit(functools.partial(steps.eval_step, nets=nets, config=config)),
+      params_finite=jit(_params_finite),
+      count_skipped=jit(lambda total, n: total + n),
+  )
 
   progress = metrics_io.Progress(config.total_steps, config.data.batch_size, start)
   sigterm = checkpointing.SigtermFlag()
-  skipped = jnp.zeros((), jnp.float32)
+  # The running count of unreadable files, kept on the devices (a global, replicated scalar).
+  skipped = jax.device_put(jnp.zeros((), jnp.float32), repl)
   metrics = None
   try:
     for step in range(start, config.total_steps):
       batch = _global_batch(next(train_iter), batch_sh)
       r1 = (step + 1) % config.loss.d_reg_every == 0  # official: current_iter % net_d_reg_every == 0
-      state, metrics = step_fns[r1](state, batch, frozen)
-      skipped = skipped + metrics['data/num_skipped']
+      state, metrics = fns('train_step_r1' if r1 else 'train_step', state, batch, frozen)
+      skipped = fns('count_skipped', skipped, metrics['data/num_skipped'])
       done = step + 1
       if done % config.log_every_steps == 0 or done == config.total_steps:
         host = jax.device_get({**metrics, **_learning_rates(state), 'data/num_skipped_total': skipped})
@@ -290,14 +322,14 @@ def _train(config, workdir, mesh):
         scalars.update(progress.report(done, scalars))
         writer.write_scalars(done, scalars)
       if done % config.image_every_steps == 0:
-        writer.write_images(done, {'train/lq_out_gt': np.asarray(preview_fn(state, batch))})
+        writer.write_images(done, {'train/lq_out_gt': np.asarray(fns('preview_step', state, batch))})
       preempted = sigterm.raised or ckpt.reached_preemption(done)
       if done % config.checkpoint_every_steps == 0 or done == config.total_steps or preempted:
         check_finite(jax.device_get(metrics), done, ckpt)
-        check_finite_state(jax.device_get(finite_fn(state)), done, ckpt)
+        check_finite_state(jax.device_get(fns('params_finite', state)), done, ckpt)
         ckpt.save(done, state, train_iter)
-      if eval_fn is not None and (done % config.eval_every_steps == 0 or done == config.total_steps):
-        val = evaluate(state, frozen, eval_fn, config, batch_sh)
+      if config.data.eval_dir and (done % config.eval_every_steps == 0 or done == config.total_steps):
+        val = evaluate(state, frozen, fns, config, batch_sh)
         writer.write_scalars(done, val)
         log.info('validation at step %d: %s', done, ', '.join(f'{k}={v:.4g}' for k, v in val.items()))
       if preempted:
@@ -310,5 +342,4 @@ def _train(config, workdir, mesh):
     sigterm.restore()
     if hasattr(train_iter, 'close'):
       train_iter.close()
-  compiles = {('train_step_r1' if r1 else 'train_step'): fn._cache_size() for r1, fn in step_fns.items()}  # pylint: disable=protected-access
-  return state, {'step': int(jax.device_get(state.step)), 'compiles': compiles}
+  return state, {'step': int(jax.device_get(state.step)), 'compiles': fns.compiles}
