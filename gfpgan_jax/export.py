@@ -57,7 +57,6 @@ import numpy as np
 from gfpgan_jax import inference
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
-from gfpgan_jax.convert import cli as convert_cli
 from gfpgan_jax.convert import state_dict as sd_lib
 
 log = logging.getLogger('gfpgan_jax.export')
@@ -128,7 +127,7 @@ def load_source(path: str | os.PathLike, step: int | None = None) -> Source:
     _check_generator(path, arch)
     variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
     kind, cfg = 'pth', archs.get(arch).config(**kwargs)
-  elif convert_cli.is_workdir(path):
+  elif checkpoint.is_workdir(path):
     from gfpgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
     arch, kwargs, variables, step = checkpointing.load_generator_ema(path, step)
     _check_generator(path, arch)

@@ -279,7 +279,7 @@ def test_export_to_pth_loads_strictly_in_the_official_class(official, clean, wor
     cli.jax_to_torch(['--input', str(directory), '--output', str(out)])
   else:
     assert proc.returncode == 0, proc.stderr[-3000:]
-  arch_found, cfg, variables = cli.load_any(directory)
+  arch_found, cfg, variables = checkpoint.load_any(directory)
   assert arch_found == arch
   x = np.random.RandomState(2).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
   ref = _official_output(official, arch, dict(cfg), out, x)

@@ -113,6 +113,39 @@ def load(directory: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, A
   return arch, cfg, variables
 
 
+def is_workdir(path: pathlib.Path) -> bool:
+  """Whether `path` is a training workdir (`model.json` or `checkpoints/`, not a converted checkpoint)."""
+  from gfpgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  return path.is_dir() and not (path / META_FILE).exists() and (
+      (path / checkpointing.MODEL_FILE).is_file() or (path / checkpointing.CHECKPOINT_DIR).is_dir())
+
+
+def load_any(path: pathlib.Path, step: int | None = None):
+  """(arch, kwargs, variables) of a converted/export directory or of a training workdir's G-EMA.
+
+  Args:
+    path: converted checkpoint or export directory, or a training workdir.
+    step: checkpoint step of a workdir (default: the latest).
+
+  Raises:
+    FileNotFoundError: no such path, or a workdir without (that) checkpoint.
+    ConversionError: unreadable, or variables that do not match the arch.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'not found: {path}')
+  if is_workdir(path):
+    from gfpgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    arch, kwargs, variables, _ = checkpointing.load_generator_ema(path, step)
+    cfg = archs.get(arch).config(**kwargs)
+    sd_lib.check_variables(variables, arch, **cfg)
+    return arch, cfg, variables
+  if step is not None:
+    raise sd_lib.ConversionError(f'--step applies to training workdirs only; {path} is not one')
+  return load(path)
+
+
 def load_generator(path: str | os.PathLike,
                    arch: str | None = None,
                    dtype: Any = jnp.float32,
@@ -120,8 +153,9 @@ def load_generator(path: str | os.PathLike,
   """Returns `(module, variables)` of a generator.
 
   Args:
-    path: a converted checkpoint directory, an export directory, or an
-      official `.pth` (arch and options detected from the keys unless given).
+    path: a converted checkpoint directory, an export directory, a training
+      workdir (its latest G-EMA), or an official `.pth` (arch and options
+      detected from the keys unless given).
     arch: force this arch for a `.pth`.
     dtype: compute dtype of the returned module (parameters stay float32).
     **kwargs: constructor options for a `.pth` (override the detected ones).
@@ -131,7 +165,7 @@ def load_generator(path: str | os.PathLike,
   """
   path = pathlib.Path(path)
   if path.is_dir():
-    arch, cfg, variables = load(path)
+    arch, cfg, variables = load_any(path)
   elif path.is_file():
     from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
     from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top

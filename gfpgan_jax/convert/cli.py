@@ -71,46 +71,13 @@ def jax_to_torch(argv=None) -> pathlib.Path:
   p.add_argument('--legacy-format', action='store_true', help='write the pre-1.6 (non-zip) torch format')
   p.add_argument('--step', type=int, default=None, help='checkpoint step of a training workdir (default: latest)')
   args = p.parse_args(argv)
-  arch, cfg, variables = load_any(args.input, args.step)
+  arch, cfg, variables = checkpoint.load_any(args.input, args.step)
   key = args.param_key or archs.get(arch).torch_key
   key = None if key in (None, 'none') else key
   sd = sd_lib.flax_to_torch(variables, arch, **cfg)
   pth.write_pth(args.output, sd, key, legacy_format=args.legacy_format)
   print(f'{args.input} -> {args.output}: arch {arch} {cfg}, {len(sd)} tensors under {key or "(bare)"}')
   return args.output
-
-
-def is_workdir(path: pathlib.Path) -> bool:
-  """Whether `path` is a training workdir (`model.json` or `checkpoints/`, not a converted checkpoint)."""
-  from gfpgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(path)
-  return path.is_dir() and not (path / checkpoint.META_FILE).exists() and (
-      (path / checkpointing.MODEL_FILE).is_file() or (path / checkpointing.CHECKPOINT_DIR).is_dir())
-
-
-def load_any(path: pathlib.Path, step: int | None = None):
-  """(arch, kwargs, variables) of a converted/export directory or of a training workdir's G-EMA.
-
-  Args:
-    path: converted checkpoint or export directory, or a training workdir.
-    step: checkpoint step of a workdir (default: the latest).
-
-  Raises:
-    FileNotFoundError: no such path, or a workdir without (that) checkpoint.
-    ConversionError: unreadable, or variables that do not match the arch.
-  """
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f'not found: {path}')
-  if is_workdir(path):
-    from gfpgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    arch, kwargs, variables, _ = checkpointing.load_generator_ema(path, step)
-    cfg = archs.get(arch).config(**kwargs)
-    sd_lib.check_variables(variables, arch, **cfg)
-    return arch, cfg, variables
-  if step is not None:
-    raise sd_lib.ConversionError(f'--step applies to training workdirs only; {path} is not one')
-  return checkpoint.load(path)
 
 
 def main_torch_to_jax():
