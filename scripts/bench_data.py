@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--blur-methods', default='fft,conv', help="blur formulations to time alone ('' = none)")
   parser.add_argument('--blur-iters', type=int, default=2, help='timed batches per blur method')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--host-workers', default='0,2',
+                      help="grain worker counts for the host pipeline rate (scripts/bench_host.py); '' = skip")
 
 
 def _config():
@@ -145,6 +147,10 @@ def run(args, host_rate: Callable[[argparse.Namespace], dict] | None = None) -> 
       reported under 'host' and the end-to-end rate bound
       min(host, device degradations) under 'pipeline_bound_pairs_per_s'.
   """
+  if host_rate is None and getattr(args, 'host_workers', ''):
+    sys.path.insert(0, str(_ROOT / 'scripts'))
+    import bench_host  # pylint: disable=g-import-not-at-top
+    host_rate = lambda a: bench_host.host_rate(argparse.Namespace(workers=a.host_workers, resolution=a.resolution))
   cfg = _config()
   face = _face(args.resolution)
   results = {'resolution': args.resolution, 'jax': jax_rate(args, cfg, face)}
