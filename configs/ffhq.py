@@ -174,6 +174,7 @@ def _small(config: ml_collections.ConfigDict, arg: str):
   config.data.degradation.blur_sigma = (0.1, 2.5)
   config.data.degradation.downsample_range = (0.8, 4.0)
   config.model.generator_kwargs.update(out_size=res, num_style_feat=64, narrow=0.25, num_mlp=2)
+  config.model.fix_decoder = False  # no StyleGAN2 prior can be downloaded: the decoder has to learn too
   config.model.discriminator_kwargs.update(narrow=0.125)
   config.model.arcface_kwargs.layers = (1, 1, 1, 1)
   config.loss.eye_size = 16 if demo else 8

@@ -13,6 +13,7 @@ asynchronous (the training loop goes on while arrays are written).
 """
 
 import json
+import logging
 import pathlib
 import signal
 import threading
@@ -129,6 +130,16 @@ def restore_numpy(workdir: str | pathlib.Path, step: int | None = None,
   """
   directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
   handlers = {'state': ocp.PyTreeCheckpointHandler()}
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns that it skips the data iterator, which is intended
+  try:
+    return _restore_numpy(directory, step, fields, handlers)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _restore_numpy(directory, step, fields, handlers):
   with ocp.CheckpointManager(directory, item_names=('state',), item_handlers=handlers) as manager:
     steps = sorted(manager.all_steps())
     if not steps:

@@ -39,6 +39,7 @@ def _changed(a, b):
 
 def test_one_step_trains_what_the_recipe_trains():
   config = _config()
+  config.model.fix_decoder = True  # the official recipe (the CPU variants train the decoder: no prior)
   nets = ts.build_networks(config)
   state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(0))
   frozen = ts.init_frozen(nets, jax.random.key(1))
