@@ -1,7 +1,6 @@
 """Serving export: the exported function vs the module, plain-JAX loading, sources, .pth, restore, errors."""
 
 import functools
-import importlib.util
 import logging
 import os
 import pathlib
@@ -17,6 +16,8 @@ import numpy as np
 from PIL import Image
 import pytest
 import torch
+
+from configs import ffhq
 
 from gfpgan_jax import checkpointing
 from gfpgan_jax import export as export_lib
@@ -101,10 +102,7 @@ def workdir(tmp_path_factory):
 
   Returns (workdir, {step: (g_params, g_ema_params, g_noises)}), with a G-EMA that differs from G.
   """
-  spec = importlib.util.spec_from_file_location('ffhq_config', ROOT / 'configs' / 'ffhq.py')
-  config_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(config_module)
-  config = config_module.get_config('tiny')
+  config = ffhq.get_config('tiny')
   config.model.use_components = False  # not needed to read a G-EMA; faster to initialise
   nets = ts.build_networks(config)
   state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(0))

@@ -1,28 +1,18 @@
 """Initialising a run from official PyTorch checkpoints (decoder prior, fine-tuning, loss networks)."""
 
 import functools
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 import torch
 
+from configs import ffhq
 from gfpgan_jax import convert
 from gfpgan_jax import train_state as ts
 from gfpgan_jax import trainer
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.testing import parity
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _config():
-  spec = importlib.util.spec_from_file_location('ffhq_config', ROOT / 'configs' / 'ffhq.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('tiny')
 
 
 def _save(module, path, key):
@@ -41,7 +31,7 @@ def _assert_same(tree_a, tree_b):
 
 @pytest.fixture(scope='module')
 def setup():
-  config = _config()
+  config = ffhq.get_config('tiny')
   nets = ts.build_networks(config)
   state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(0))
   return config, nets, jax.tree.map(np.asarray, state)

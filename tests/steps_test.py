@@ -1,26 +1,16 @@
 """One training step: gradients reach only what the recipe trains; EMA, optimiser corrections, masks."""
 
 import functools
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import ffhq
 from gfpgan_jax import losses
 from gfpgan_jax import optim
 from gfpgan_jax import steps
 from gfpgan_jax import train_state as ts
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _config(variant='tiny'):
-  spec = importlib.util.spec_from_file_location('ffhq_config', ROOT / 'configs' / 'ffhq.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def _batch(config, n=8):
@@ -38,7 +28,7 @@ def _changed(a, b):
 
 
 def test_one_step_trains_what_the_recipe_trains():
-  config = _config()
+  config = ffhq.get_config('tiny')
   config.model.fix_decoder = True  # the official recipe (the CPU variants train the decoder: no prior)
   nets = ts.build_networks(config)
   state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(0))
@@ -75,7 +65,7 @@ def test_one_step_trains_what_the_recipe_trains():
 
 
 def test_optimiser_settings_are_the_official_ones():
-  config = _config(None)
+  config = ffhq.get_config()
   assert optim.lazy_reg_betas((0.0, 0.99), 16) == (0.0, 0.99**(16 / 17))
   np.testing.assert_allclose(optim.lazy_reg_betas((0.0, 0.99), 16)[1], 0.990585, atol=1e-6)
   sched = optim.multistep_schedule(2e-3, config.optim.milestones, config.optim.gamma)

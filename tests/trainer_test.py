@@ -1,6 +1,5 @@
 """End-to-end training runs on CPU: sharding, logs, exact resume, multi-process, bad configs, NaN stop."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,6 +13,7 @@ import numpy as np
 import portpicker
 import pytest
 
+from configs import ffhq
 from gfpgan_jax import checkpointing
 from gfpgan_jax import trainer
 
@@ -21,10 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_config(variant='tiny', **updates):
-  spec = importlib.util.spec_from_file_location('ffhq_config', ROOT / 'configs' / 'ffhq.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant)
+  config = ffhq.get_config(variant)
   config.loss.d_reg_every = 2  # both step variants (with and without R1) run within 3 steps
   config.eval_every_steps = 1000
   for key, value in updates.items():
