@@ -142,8 +142,10 @@ def test_two_processes_agree_with_one(tmp_path):
   for r_multi, r_single in zip(rows['multi'], rows['single']):
     assert r_multi.keys() == r_single.keys()
     for k, v in r_single.items():
-      if not k.startswith('perf/'):
+      if k.startswith('train/'):  # the losses of the same global batch
         np.testing.assert_allclose(r_multi[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+      elif k.startswith('val/'):  # after two updates, from parameters equal to ~3e-4 (see below)
+        np.testing.assert_allclose(r_multi[k], v, rtol=2e-3, atol=1e-6, err_msg=k)
   a, b = _flat_state(tmp_path / 'multi', 2), _flat_state(tmp_path / 'single', 2)
   assert a.keys() == b.keys()
   worst = {}
