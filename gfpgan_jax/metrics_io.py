@@ -16,7 +16,12 @@ log = logging.getLogger('gfpgan_jax.train')
 
 
 class MetricWriter:
-  """Scalars and images to `WORKDIR/tb` (TensorBoard) and scalars to `WORKDIR/metrics.jsonl`."""
+  """Scalars and images to `WORKDIR/tb` (TensorBoard), scalars to `WORKDIR/metrics.jsonl`.
+
+  Images are also written as PNG grids to `WORKDIR/images/{name}_{step:07d}.png`
+  (the samples stacked top to bottom, `/` in the name becoming `_`), so they
+  open without TensorBoard.
+  """
 
   def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
     self.enabled = enabled
@@ -25,6 +30,7 @@ class MetricWriter:
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       workdir = pathlib.Path(workdir)
+      self._images = workdir / 'images'
       self._tb = SummaryWriter(str(workdir / 'tb'))
       self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')  # pylint: disable=consider-using-with
 
@@ -40,8 +46,15 @@ class MetricWriter:
     """images: name -> uint8 [N, H, W, 3]."""
     if not self.enabled:
       return
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    self._images.mkdir(exist_ok=True)
     for name, value in images.items():
-      self._tb.add_images(name, np.asarray(value), step, dataformats='NHWC')
+      value = np.asarray(value)
+      self._tb.add_images(name, value, step, dataformats='NHWC')
+      path = self._images / f"{name.replace('/', '_')}_{step:07d}.png"
+      tmp = path.with_name(path.name + '.tmp')
+      Image.fromarray(np.concatenate(list(value), axis=0)).save(tmp, format='PNG')
+      tmp.replace(path)  # never a half-written PNG under the final name
 
   def write_text(self, name: str, text: str):
     if self.enabled:

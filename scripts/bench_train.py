@@ -279,6 +279,7 @@ class TorchSession:
         self.step(False)
       result['torch_counted_flops_plain'] = float(counter.get_total_flops())
     result['rss_after_import_mb'] = self.rss_import
+    result['rss_end_mb'] = _rss_mb()  # steady state, after the timed steps
     result['peak_rss_mb'] = _peak_rss_mb()
     if self.device == 'cuda':
       result['peak_device_memory_mb'] = self.torch.cuda.max_memory_allocated() / 2**20
@@ -411,6 +412,7 @@ class JaxSession:
       if peak:
         result['peak_flops'] = peak
     result['rss_after_import_mb'] = self.rss_import
+    result['rss_end_mb'] = _rss_mb()  # steady state, after the timed steps
     result['peak_rss_mb'] = _peak_rss_mb()
     return result
 
@@ -570,7 +572,8 @@ def _print_table(results: dict) -> None:
         f"{results['load_average_start'][0]:.1f} -> {results['load_average_end'][0]:.1f}")
   reg = c['d_reg_every']
   m = f'mean_1_{reg}'
-  hdr = f"{'implementation':<34}{'plain s':>9}{'R1 s':>9}{f'1:{reg} s':>9}{'img/s':>9}{'peak mem':>11}"
+  hdr = (f"{'implementation':<40}{'plain s':>9}{'R1 s':>9}{f'1:{reg} s':>9}{'img/s':>9}{'peak mem':>11}"
+         f"{'RSS at end':>12}")
   print(hdr + '\n' + '-' * len(hdr))
   main = results['main']
   t = main['torch']
@@ -578,20 +581,21 @@ def _print_table(results: dict) -> None:
   if t:
     s = t['s_per_step']
     mem = _gb(t.get('peak_device_memory_mb', t['peak_rss_mb']))
-    rows.append(('official PyTorch, step only', s.get('plain'), s.get('r1'), s.get(m), t.get('images_per_s'), mem))
+    rows.append(('official PyTorch, step only', s.get('plain'), s.get('r1'), s.get(m), t.get('images_per_s'), mem,
+                 _gb(t['rss_end_mb'])))
     if 's_per_step_with_degradations' in t:
       deg = t['s_per_step_with_degradations'] - s[m]
       rows.append((f"  + OpenCV degradations ({t['degrade_ms_per_image']:.0f} ms/img)",
                    s.get('plain') + deg, s.get('r1', 0) + deg if 'r1' in s else None,
-                   t['s_per_step_with_degradations'], t['images_per_s_with_degradations'], ''))
+                   t['s_per_step_with_degradations'], t['images_per_s_with_degradations'], '', ''))
   for j in main['jax']:
     s = j['s_per_step']
     mem = _gb(j.get('peak_device_memory_mb', j['peak_rss_mb']))
     rows.append((f"ours {j['impl'][4:]} (degradations included)", s.get('plain'), s.get('r1'), s.get(m),
-                 j.get('images_per_s'), mem))
+                 j.get('images_per_s'), mem, _gb(j['rss_end_mb'])))
   fmt = lambda v: f'{v:9.3f}' if isinstance(v, float) else f"{'-':>9}"
-  for name, p, r, mean, ips, mem in rows:
-    print(f'{name:<34}{fmt(p)}{fmt(r)}{fmt(mean)}{fmt(ips)}{mem:>11}')
+  for name, p, r, mean, ips, mem, end in rows:
+    print(f'{name:<40}{fmt(p)}{fmt(r)}{fmt(mean)}{fmt(ips)}{mem:>11}{end:>12}')
   for j in main['jax']:
     f = j['flops_per_step']
     print(f"ours {j['impl'][4:]}: compile {', '.join(f'{k} {v:.0f} s' for k, v in j['compile_s'].items())}; "

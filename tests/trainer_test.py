@@ -68,6 +68,14 @@ def test_tiny_run_on_8_devices(tmp_path):
   for tag in (b'train/g/l1', b'train/g/percep', b'train/g/identity', b'train/g/gan_left_eye', b'train/d/r1',
               b'train/lr/g', b'perf/images_per_s', b'train/lq_out_gt', b'val/psnr', b'val/id_deg'):
     assert tag in raw, tag
+  # The same LQ | output | GT grid as a PNG: image_every_steps=2 gives step 2 only, num_preview_images rows.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pngs = sorted(p.name for p in (tmp_path / 'images').iterdir())
+  assert pngs == ['train_lq_out_gt_0000002.png'], pngs
+  res = config.data.resolution
+  grid = np.asarray(Image.open(tmp_path / 'images' / pngs[0]))
+  assert grid.shape == (config.num_preview_images * res, 3 * res, 3) and grid.dtype == np.uint8
+  assert grid.std() > 0
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   train_rows = [r for r in rows if 'train/g/total' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3]
