@@ -41,6 +41,7 @@ needs no accelerator; the platform is picked when the function is called).
 
 import argparse
 from collections.abc import Callable, Sequence
+import functools
 import logging
 import os
 import pathlib
@@ -55,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfpgan_jax import inference
+from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.convert import state_dict as sd_lib
@@ -294,15 +296,16 @@ def load_restore(directory: str | os.PathLike) -> tuple[Callable[[Any, jax.Array
   variables = jax.device_put(checkpoint.load(directory)[2])
   if meta['noise'] == 'random':
 
-    def run(images, key):
+    def run(variables, images, key):
       return exported.call(variables, images, jax.random.bits(key, (), jnp.uint32))
   else:
 
-    def run(images, key):
+    def run(variables, images, key):
       del key
       return exported.call(variables, images)
 
-  return run, meta
+  # The weights stay an argument (not constants) of the compiled call.
+  return functools.partial(jax.jit(run, compiler_options=xla_options.compiler_options()), variables), meta
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from gfpgan_jax import export as export_lib
 from gfpgan_jax import inference
+from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.data import sources
@@ -84,7 +85,8 @@ def restore_fn(args):
   """(`run(images, key) -> restored`, uint8 [N, S, S, 3] both; S) from the flags."""
   if not args.exported:
     module, variables = load_model(args.weights, jnp.dtype(args.dtype or 'float32'))
-    run = jax.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'))
+    run = jax.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'),
+                  compiler_options=xla_options.compiler_options())
     return functools.partial(run, variables), module.out_size
   if args.weights is None:
     raise ValueError('--exported needs --weights EXPORT_DIR')

@@ -22,6 +22,7 @@ from gfpgan_jax import optim
 from gfpgan_jax import sharding
 from gfpgan_jax import steps
 from gfpgan_jax import train_state as ts
+from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint as ckpt_lib
 from gfpgan_jax.convert import pth
@@ -175,7 +176,8 @@ class CompiledSteps:
 
   def __call__(self, name: str, *args):
     if name not in self._compiled:
-      self._compiled[name] = self._fns[name].lower(*args).compile()
+      self._compiled[name] = self._fns[name].lower(*args).compile(
+          compiler_options=xla_options.compiler_options())
       self.compiles[name] += 1
       host_barrier(f'gfpgan_jax-compiled-{name}')
     return self._compiled[name](*args)

@@ -59,9 +59,10 @@ def jax_rate(args, cfg, face) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gfpgan_jax.data import degradations  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   images = jax.device_put(jnp.broadcast_to(jnp.asarray(face), (args.batch_size,) + face.shape))
-  fn = jax.jit(lambda k, x: degradations.degrade(k, x, cfg))
+  fn = jax.jit(lambda k, x: degradations.degrade(k, x, cfg), compiler_options=xla_options.compiler_options())
   key = jax.random.key(args.seed)
   t0 = time.perf_counter()
   fn(key, images).block_until_ready()

@@ -351,6 +351,7 @@ class JaxSession:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from gfpgan_jax import steps  # pylint: disable=g-import-not-at-top
     from gfpgan_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+    from gfpgan_jax import xla_options  # pylint: disable=g-import-not-at-top
 
     self.jax, self.spec = jax, spec
     self.device = jax.devices()[0]
@@ -372,7 +373,8 @@ class JaxSession:
       name = 'r1' if r1 else 'plain'
       fn = jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=r1), donate_argnums=0)
       t0 = time.perf_counter()
-      self.compiled[r1] = fn.lower(self.state, self.batch, self.frozen).compile()
+      self.compiled[r1] = fn.lower(self.state, self.batch, self.frozen).compile(
+          compiler_options=xla_options.compiler_options())
       self.compile_s[name] = time.perf_counter() - t0
       cost = self.compiled[r1].cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -24,6 +24,7 @@ from gfpgan_jax import export as export_lib
 from gfpgan_jax import inference
 from gfpgan_jax import restore
 from gfpgan_jax import train_state as ts
+from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.convert import cli
@@ -61,9 +62,10 @@ def _images(n, seed=0):
   return np.random.RandomState(seed).randint(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8)
 
 
-def _module_restore(arch, kwargs, variables, images, noise='stored', dtype='float32', seed=0):
+def _module_restore(arch, kwargs, variables, images, noise='stored', dtype='float32', seed=0, compiler_options=None):
+  """The module's restore, compiled as the exported function is called here (XLA's defaults unless given)."""
   module, _ = archs.build(arch, dtype=jnp.dtype(dtype), **kwargs)
-  fn = jax.jit(inference.make_restore_fn(module, randomize_noise=noise == 'random'))
+  fn = jax.jit(inference.make_restore_fn(module, randomize_noise=noise == 'random'), compiler_options=compiler_options)
   return np.asarray(fn(variables, images, jax.random.key(np.uint32(seed))))
 
 
@@ -299,7 +301,9 @@ def test_restore_reads_an_export_dir(clean, tmp_path, exported):
   argv += ['--exported'] if exported else ['--noise', 'stored']
   assert restore.main(argv) == 0
   got = np.asarray(Image.open(dst / 'restored' / 'face.png'))
-  np.testing.assert_array_equal(got, _module_restore('gfpganv1clean', CLEAN, variables, face[None])[0])
+  # The restore command compiles with gfpgan_jax's compiler options (both paths): so does the reference.
+  want = _module_restore('gfpganv1clean', CLEAN, variables, face[None], compiler_options=xla_options.compiler_options())
+  np.testing.assert_array_equal(got, want[0])
 
 
 def test_restore_exported_rejects_conflicting_flags(clean, tmp_path, caplog):

@@ -122,23 +122,37 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def _max_relative_l2(workdir_a, workdir_b, step):
+  """Largest relative L2 difference over the float leaves of two runs' train states at `step`."""
+  a, b = _flat_state(workdir_a, step), _flat_state(workdir_b, step)
+  assert a.keys() == b.keys()
+  diffs = {k: np.linalg.norm(np.asarray(a[k], np.float64) - b[k]) / max(np.linalg.norm(np.asarray(b[k], np.float64)),
+                                                                          1e-12)
+           for k in a if np.asarray(a[k]).dtype.kind == 'f'}
+  return max(diffs.items(), key=lambda kv: kv[1])
+
+
 def test_two_processes_agree_with_one(tmp_path):
-  """jax.distributed on 127.0.0.1: 2 processes x 2 CPU devices vs 1 process x 4 devices, same global batch."""
+  """jax.distributed on 127.0.0.1: 2 processes x 2 CPU devices vs 1 process x 4 devices, same global batch.
+
+  Reductions over the batch run in another order with another device count,
+  and some gradients of this model are ill-conditioned (those of the modulated
+  convolutions' weights): one-process runs on 1, 2, 4 and 8 devices disagree
+  by up to ~4e-3 on them after one step. So the states are compared against
+  that yardstick, measured here: 1 process x 2 devices vs the same 1 x 4 run.
+  """
   script = _TRAIN_WITH_DEVICES
   common = ['--config', f'{ROOT}/configs/ffhq.py:tiny', '--config.total_steps=2', '--config.loss.d_reg_every=2',
-            '--config.checkpoint_every_steps=2', '--config.eval_every_steps=1000', '--config.image_every_steps=1000']
+            '--config.checkpoint_every_steps=1', '--config.eval_every_steps=1000', '--config.image_every_steps=1000']
   env = _subprocess_env(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
   port = portpicker.pick_unused_port()
-  procs = [
-      subprocess.Popen([sys.executable, '-c', script, '2', *common, '--workdir', str(tmp_path / 'multi'),
-                        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
-                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)
-  ]
-  single = subprocess.run([sys.executable, '-c', script, '4', *common, '--workdir', str(tmp_path / 'single')],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
+  run = lambda *args: subprocess.Popen([sys.executable, '-c', script, *args], cwd=ROOT, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  procs = [run('2', *common, '--workdir', str(tmp_path / 'multi'), f'--coordinator_address=127.0.0.1:{port}',
+               '--num_processes=2', f'--process_id={i}') for i in range(2)]
+  procs += [run('4', *common, '--workdir', str(tmp_path / 'single')),
+            run('2', *common, '--workdir', str(tmp_path / 'yardstick'))]
   outs = [p.communicate(timeout=900)[0] for p in procs]
-  assert single.returncode == 0, single.stdout + single.stderr
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out
   assert 'JAX process 1/2' in outs[1] and '4 global devices' in outs[0]
@@ -152,18 +166,18 @@ def test_two_processes_agree_with_one(tmp_path):
     for k, v in r_single.items():
       if k.startswith('train/'):  # the losses of the same global batch
         np.testing.assert_allclose(r_multi[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
-      elif k.startswith('val/'):  # after two updates, from parameters equal to ~3e-4 (see below)
+      elif k.startswith('val/'):  # after two updates, from parameters equal to ~1e-2 (see below)
         np.testing.assert_allclose(r_multi[k], v, rtol=2e-3, atol=1e-6, err_msg=k)
-  a, b = _flat_state(tmp_path / 'multi', 2), _flat_state(tmp_path / 'single', 2)
-  assert a.keys() == b.keys()
-  worst = {}
-  for k in a:
-    diff = np.linalg.norm(np.asarray(a[k], np.float64) - b[k]) / max(np.linalg.norm(np.asarray(b[k], np.float64)), 1e-12)
-    worst[k] = diff
-  top = sorted(worst.items(), key=lambda kv: -kv[1])[:5]
-  print('largest relative L2 differences:', top)
-  # Cross-process reductions sum in another order: equal up to float rounding amplified by two Adam steps.
-  assert max(worst.values()) < 1e-3, top
+  # Step 1: the gradients of the same parameters and batch (Adam's mu and nu); step 2 adds an R1 step. Every
+  # leaf of the state (G, G-EMA, D, component Ds, optimiser states) of the two-process run is as close to the
+  # one-process run as another one-process device count is. A missing cross-process reduction or a wrong
+  # batch block gives O(1) differences.
+  for step in (1, 2):
+    multi = _max_relative_l2(tmp_path / 'multi', tmp_path / 'single', step)
+    yardstick = _max_relative_l2(tmp_path / 'yardstick', tmp_path / 'single', step)
+    print(f'step {step}: largest relative L2 difference, 2x2 vs 1x4 {multi}, 1x2 vs 1x4 {yardstick}')
+    assert 0 < yardstick[1] < 0.1, yardstick
+    assert multi[1] < 3 * yardstick[1], (multi, yardstick)
 
 
 @pytest.mark.parametrize('override, message', [
