@@ -7,8 +7,9 @@ networks that is a slowdown on the CPU: a VGG19 forward at 64 px, batch 4, takes
 1.39 s, the demo training step 1.31 s and 1.16 s (2 cores; `scripts/benchmark.py`).
 They are also less accurate in the backward pass: the gradients of a small
 GFPGANv1 are 1.7e-3 (worst leaf, relative L2) from a float64 reference with
-them, 3.8e-4 without. `compiler_options()` switches them off for the functions gfpgan_jax compiles:
-pass it as `jax.jit(..., compiler_options=...)` or `Lowered.compile(...)`.
+them, 3.8e-4 without. `compiler_options()` switches them off for the functions
+gfpgan_jax compiles: pass it as `jax.jit(..., compiler_options=...)` or
+`Lowered.compile(...)`.
 
 It returns `{}` (XLA's defaults) on other backends, when the jaxlib does not
 know the option (it is experimental and may go away), when the user chose the
