@@ -18,8 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfpgan_jax import convert
+from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.testing import parity
+
+
+def _jit(fn: Callable) -> Callable:
+  """`jax.jit` as gfpgan_jax compiles its own functions (`xla_options`): parity is checked on that program."""
+  return jax.jit(fn, compiler_options=xla_options.compiler_options())
+
 
 _RELEASED_GFPGAN = dict(input_is_latent=True, different_w=True, sft_half=True)
 
@@ -65,7 +72,7 @@ def _gfpgan_torch(m, inp):
 
 
 def _gfpgan_flax(module, variables, inp):
-  image, rgbs = jax.jit(lambda v, x: module.apply(v, x, return_rgb=True, randomize_noise=False))(variables, inp['x'])
+  image, rgbs = _jit(lambda v, x: module.apply(v, x, return_rgb=True, randomize_noise=False))(variables, inp['x'])
   return {'image': image, **{f'rgb{i}': r for i, r in enumerate(rgbs)}}
 
 
@@ -115,8 +122,8 @@ def _sg_flax(mixing):
                                     truncation_latent=i['trunc'], inject_index=5, return_latents=True)
     else:
       f = lambda v, i: module.apply(v, i['z'], noise=i['noise'], return_latents=True)
-    img, lat = jax.jit(f)(variables, inp)
-    stored, _ = jax.jit(lambda v, z: module.apply(v, z, randomize_noise=False))(variables, inp['z'])
+    img, lat = _jit(f)(variables, inp)
+    stored, _ = _jit(lambda v, z: module.apply(v, z, randomize_noise=False))(variables, inp['z'])
     return {'image': img, 'latent': lat, 'stored_noise': stored}
 
   return run
@@ -130,7 +137,7 @@ def _d_torch(m, inp):
 
 
 def _d_flax(module, variables, inp):
-  return {'logits': jax.jit(module.apply)(variables, inp['x'])}
+  return {'logits': _jit(module.apply)(variables, inp['x'])}
 
 
 def _comp_torch(m, inp):
@@ -140,7 +147,7 @@ def _comp_torch(m, inp):
 
 
 def _comp_flax(module, variables, inp):
-  out, feats = jax.jit(lambda v, x: module.apply(v, x, return_feats=True))(variables, inp['x'])
+  out, feats = _jit(lambda v, x: module.apply(v, x, return_feats=True))(variables, inp['x'])
   return {'logits': out, 'feat3': feats[0], 'feat5': feats[1]}
 
 
@@ -168,7 +175,7 @@ def _vgg_torch(m, inp):
 
 
 def _vgg_flax(module, variables, inp):
-  return jax.jit(module.apply)(variables, inp['x'])
+  return _jit(module.apply)(variables, inp['x'])
 
 
 CASES = [
