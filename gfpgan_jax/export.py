@@ -305,7 +305,7 @@ def load_restore(directory: str | os.PathLike) -> tuple[Callable[[Any, jax.Array
       return exported.call(variables, images)
 
   # The weights stay an argument (not constants) of the compiled call.
-  return functools.partial(jax.jit(run, compiler_options=xla_options.compiler_options()), variables), meta
+  return functools.partial(xla_options.jit(run), variables), meta
 
 
 def main(argv: Sequence[str] | None = None) -> int:

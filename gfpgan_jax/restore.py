@@ -85,8 +85,7 @@ def restore_fn(args):
   """(`run(images, key) -> restored`, uint8 [N, S, S, 3] both; S) from the flags."""
   if not args.exported:
     module, variables = load_model(args.weights, jnp.dtype(args.dtype or 'float32'))
-    run = jax.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'),
-                  compiler_options=xla_options.compiler_options())
+    run = xla_options.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'))
     return functools.partial(run, variables), module.out_size
   if args.weights is None:
     raise ValueError('--exported needs --weights EXPORT_DIR')

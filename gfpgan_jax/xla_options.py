@@ -8,8 +8,8 @@ networks that is a slowdown on the CPU: a VGG19 forward at 64 px, batch 4, takes
 They are also less accurate in the backward pass: the gradients of a small
 GFPGANv1 are 1.7e-3 (worst leaf, relative L2) from a float64 reference with
 them, 3.8e-4 without. `compiler_options()` switches them off for the functions
-gfpgan_jax compiles: pass it as `jax.jit(..., compiler_options=...)` or
-`Lowered.compile(...)`.
+gfpgan_jax compiles: `jit(fn)` is `jax.jit` with them; pass them yourself as
+`Lowered.compile(compiler_options=...)`.
 
 It returns `{}` (XLA's defaults) on other backends, when the jaxlib does not
 know the option (it is experimental and may go away), when the user chose the
@@ -17,6 +17,7 @@ setting in `XLA_FLAGS`, or with `GFPGAN_JAX_XLA_DEFAULTS=1`. Call it at compile
 time, not at import: it looks at the default backend, which initialises JAX.
 """
 
+from collections.abc import Callable
 import functools
 import logging
 import os
@@ -37,6 +38,11 @@ def compiler_options() -> dict[str, str]:
     A new dict (callers may extend it); `{}` where XLA's defaults stay.
   """
   return dict(CPU_OPTIONS) if _use_cpu_options() else {}
+
+
+def jit(fn: Callable, **jit_kwargs) -> Callable:
+  """`jax.jit(fn, **jit_kwargs)` compiled with `compiler_options()` (decided when `jit` is called)."""
+  return jax.jit(fn, compiler_options=compiler_options(), **jit_kwargs)
 
 
 @functools.cache

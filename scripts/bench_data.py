@@ -62,7 +62,7 @@ def jax_rate(args, cfg, face) -> dict:
   from gfpgan_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   images = jax.device_put(jnp.broadcast_to(jnp.asarray(face), (args.batch_size,) + face.shape))
-  fn = jax.jit(lambda k, x: degradations.degrade(k, x, cfg), compiler_options=xla_options.compiler_options())
+  fn = xla_options.jit(lambda k, x: degradations.degrade(k, x, cfg))
   key = jax.random.key(args.seed)
   t0 = time.perf_counter()
   fn(key, images).block_until_ready()

@@ -82,12 +82,11 @@ def run(args):
       torch_row = row('official_pytorch', batch, _time(torch_fn, args.iters))
     for dtype in args.dtypes.split(','):
       module, _ = archs.build('gfpganv1clean', dtype=jnp.dtype(dtype))
-      fwd = jax.jit(lambda v, x, k, m=module: m.apply(v, x, return_rgb=False, rngs={'noise': k})[0],
-                    compiler_options=xla_options.compiler_options())
+      fwd = xla_options.jit(lambda v, x, k, m=module: m.apply(v, x, return_rgb=False, rngs={'noise': k})[0])
       xj = jax.device_put(jnp.asarray(x))
       key = jax.random.key(0)
       r = row(f'jax_{dtype}', batch, _time(lambda: fwd(variables, xj, key).block_until_ready(), args.iters))
-      restore = jax.jit(inference.make_restore_fn(module), compiler_options=xla_options.compiler_options())
+      restore = xla_options.jit(inference.make_restore_fn(module))
       xu = jax.device_put(jnp.asarray(((x + 1) * 127.5).astype(np.uint8)))
       ru = row(f'jax_{dtype}_uint8', batch,
                _time(lambda: restore(variables, xu, key).block_until_ready(), args.iters))

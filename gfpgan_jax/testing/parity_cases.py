@@ -22,10 +22,8 @@ from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.testing import parity
 
-
-def _jit(fn: Callable) -> Callable:
-  """`jax.jit` as gfpgan_jax compiles its own functions (`xla_options`): parity is checked on that program."""
-  return jax.jit(fn, compiler_options=xla_options.compiler_options())
+# Our side is compiled as gfpgan_jax compiles its own functions: parity is checked on that program.
+_jit = xla_options.jit
 
 
 _RELEASED_GFPGAN = dict(input_is_latent=True, different_w=True, sft_half=True)
