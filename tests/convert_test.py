@@ -18,10 +18,9 @@ from gfpgan_jax.convert import pth
 from gfpgan_jax.testing import parity
 from gfpgan_jax.testing import parity_cases
 
-SMALL_CASES = [c.name for c in parity_cases.CASES if not c.name.endswith('_512')]
+SMALL_CASES = [c.name for c in parity_cases.CASES if not c.heavy]
 # The official released-config shapes (no forward pass, just keys and layouts).
-RELEASED_512 = ['gfpganv1clean_512', 'gfpganv1_512', 'stylegan2_512', 'stylegan2clean_512',
-                'stylegan2_discriminator_512']
+HEAVY_CASES = [c.name for c in parity_cases.CASES if c.heavy]
 
 
 def _flat(tree):
@@ -36,7 +35,7 @@ def _assert_bit_exact(a, b):
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=str(k))
 
 
-@pytest.mark.parametrize('name', SMALL_CASES + RELEASED_512)
+@pytest.mark.parametrize('name', SMALL_CASES + HEAVY_CASES)
 def test_flax_torch_flax_round_trip_and_strict_official_load(official, tmp_path, name):
   case = parity_cases.CASES_BY_NAME[name]
   if name in SMALL_CASES:
@@ -167,7 +166,7 @@ def test_detect_arch(official, name):
   tm = case.official(official, dict(case.kwargs))
   sd = getattr(tm, 'torchvision_state_dict', None) or parity.state_dict_numpy(tm)
   arch, kwargs = convert.detect_arch(sd)
-  assert arch == case.arch
+  assert arch == (case.detected_as or case.arch)
   # The detected options build exactly this network.
   convert.torch_to_flax(sd, arch, **kwargs)
 

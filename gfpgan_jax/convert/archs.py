@@ -3,6 +3,7 @@
 from collections.abc import Callable
 import dataclasses
 import functools
+import importlib
 import json
 from typing import Any
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 from gfpgan_jax import models
 
 # Official constructor options that only matter when training the PyTorch model.
-_TRAINING_ONLY = ('decoder_load_path', 'fix_decoder')
+_TRAINING_ONLY = ('decoder_load_path', 'fix_decoder', 'fix_codebook', 'fix_encoder')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +23,8 @@ class ArchSpec:
 
   Attributes:
     name: arch name used by the converters and checkpoints.
-    module: the Flax module class.
+    module: the Flax module class, or its `'package.module:Class'` path
+      (imported on first use).
     defaults: constructor kwargs of the released checkpoint of this arch;
       user kwargs override them.
     torch_key: top-level key the official loaders read (`params_ema`,
@@ -31,11 +33,18 @@ class ArchSpec:
     is_generator: whether `load_generator` accepts it.
   """
   name: str
-  module: type[nn.Module]
+  module_ref: type[nn.Module] | str
   defaults: dict[str, Any]
   torch_key: str | None
   init_inputs: Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
   is_generator: bool = False
+
+  @property
+  def module(self) -> type[nn.Module]:
+    if isinstance(self.module_ref, str):
+      path, _, cls = self.module_ref.partition(':')
+      return getattr(importlib.import_module(path), cls)
+    return self.module_ref
 
   def config(self, **kwargs) -> dict[str, Any]:
     """Validated, complete constructor kwargs (defaults overridden by `kwargs`)."""
@@ -59,6 +68,19 @@ def _image(size_key='out_size', default=512):
 
 def _styles(cfg):
   return (jnp.zeros((1, cfg.get('num_style_feat', 512)), jnp.float32),), {}
+
+
+def _fixed(shape):
+  return lambda cfg: ((jnp.zeros(shape, jnp.float32),), {})
+
+
+def _rrdb_input(cfg):
+  return (jnp.zeros((1, 16, 16, cfg.get('num_in_ch', 3)), jnp.float32),), {}
+
+
+def _restoreformer_input(cfg):
+  s = cfg.get('resolution', 512)
+  return (jnp.zeros((1, s, s, cfg.get('in_channels', 3)), jnp.float32),), {}
 
 
 _GFPGAN_RELEASED = dict(out_size=512, num_style_feat=512, num_mlp=8, input_is_latent=True, different_w=True,
@@ -88,6 +110,28 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec('vgg19', models.VGGFeatureExtractor,
                  dict(layer_name_list=models.vgg.GFPGAN_LAYERS, vgg_type='vgg19', use_input_norm=True,
                       range_norm=True), None, lambda cfg: ((jnp.zeros((1, 32, 32, 3), jnp.float32),), {})),
+        # The inference networks of the photo pipeline (gfpgan.md section 4).
+        ArchSpec('retinaface_resnet50', 'gfpgan_jax.models.retinaface:RetinaFace', dict(network_name='resnet50'),
+                 None, _fixed((1, 64, 64, 3))),
+        ArchSpec('retinaface_mobilenet0.25', 'gfpgan_jax.models.retinaface:RetinaFace',
+                 dict(network_name='mobile0.25'), None, _fixed((1, 64, 64, 3))),
+        ArchSpec('parsenet', 'gfpgan_jax.models.parsenet:ParseNet',
+                 dict(in_size=512, out_size=512, min_feat_size=32, base_ch=64, parsing_ch=19, res_depth=10,
+                      relu_type='LeakyReLU', norm_type='bn', ch_range=(32, 256)), None, _image('in_size')),
+        ArchSpec('rrdbnet', 'gfpgan_jax.models.rrdbnet:RRDBNet',
+                 dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32), 'params_ema',
+                 _rrdb_input),
+        ArchSpec('restoreformer', 'gfpgan_jax.models.restoreformer:RestoreFormer',
+                 dict(n_embed=1024, embed_dim=256, ch=64, out_ch=3, ch_mult=(1, 2, 2, 4, 4, 8), num_res_blocks=2,
+                      attn_resolutions=(16,), dropout=0.0, in_channels=3, resolution=512, z_channels=256,
+                      double_z=False, enable_mid=True, head_size=8), 'params_ema', _restoreformer_input,
+                 is_generator=True),
+        ArchSpec('gfpganbilinear', 'gfpgan_jax.models.gfpgan_bilinear:GFPGANBilinear',
+                 dict(_GFPGAN_RELEASED, channel_multiplier=2, lr_mlp=0.01), 'params_ema', _image(),
+                 is_generator=True),
+        ArchSpec('stylegan2bilinear', 'gfpgan_jax.models.stylegan2_bilinear:StyleGAN2GeneratorBilinear',
+                 dict(out_size=512, num_style_feat=512, num_mlp=8, channel_multiplier=2, lr_mlp=0.01, narrow=1,
+                      interpolation_mode='bilinear'), 'params_ema', _styles, is_generator=True),
     ]
 }
 

@@ -146,11 +146,66 @@ def load_any(path: pathlib.Path, step: int | None = None):
   return load(path)
 
 
+def read_network(path: str | os.PathLike,
+                 arch: str | None = None,
+                 **kwargs) -> tuple[str, dict[str, Any], dict[str, Any]]:
+  """`(arch, complete kwargs, variables)` of any convertible network, from a directory or a `.pth`.
+
+  Args:
+    path: a converted checkpoint directory, an export directory, a training
+      workdir (its latest G-EMA), or an official `.pth` (arch and options
+      detected from the keys unless given; `params_ema`, else `params`, else a
+      bare state dict; a `module.` prefix is stripped).
+    arch: the arch of a `.pth` (required where the keys cannot tell, e.g.
+      'gfpganbilinear'); for a directory, the arch it must hold.
+    **kwargs: constructor options for a `.pth` (override the detected ones).
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    ConversionError: not loadable as `arch`, or a directory of another arch.
+    ValueError: an unknown arch or option, or options for a directory.
+  """
+  path = pathlib.Path(path)
+  if path.is_dir():
+    found, cfg, variables = load_any(path)
+    if arch is not None and found != arch:
+      raise sd_lib.ConversionError(f'{path} holds a {found!r}, not a {arch!r}')
+    if kwargs:
+      raise ValueError(f'options {sorted(kwargs)} apply to a .pth only; {path} records its own: {cfg}')
+    return found, cfg, variables
+  if not path.is_file():
+    raise FileNotFoundError(f'no checkpoint at {path}')
+  from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top
+  sd, _ = pth.read_pth(path)
+  if arch is None:
+    found = detect.detect_arch(sd)
+    if found is None:
+      raise sd_lib.ConversionError(f'{path}: {detect.describe(sd)}; pass the arch explicitly')
+    arch, detected = found
+    kwargs = {**detected, **kwargs}
+  variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
+  return arch, archs.get(arch).config(**kwargs), variables
+
+
+def load_network(path: str | os.PathLike,
+                 arch: str | None = None,
+                 dtype: Any = jnp.float32,
+                 **kwargs) -> tuple[nn.Module, dict[str, Any]]:
+  """Returns `(module, variables)` of any convertible network (see `read_network` for the arguments).
+
+  `dtype` is the compute dtype of the module; parameters stay float32.
+  """
+  arch, cfg, variables = read_network(path, arch, **kwargs)
+  module, _ = archs.build(arch, dtype=dtype, **cfg)
+  return module, variables
+
+
 def load_generator(path: str | os.PathLike,
                    arch: str | None = None,
                    dtype: Any = jnp.float32,
                    **kwargs) -> tuple[nn.Module, dict[str, Any]]:
-  """Returns `(module, variables)` of a generator.
+  """Returns `(module, variables)` of a generator (`load_network` for restoring archs only).
 
   Args:
     path: a converted checkpoint directory, an export directory, a training
@@ -163,23 +218,9 @@ def load_generator(path: str | os.PathLike,
   Raises:
     ConversionError: not a generator checkpoint, or not loadable.
   """
-  path = pathlib.Path(path)
-  if path.is_dir():
-    arch, cfg, variables = load_any(path)
-  elif path.is_file():
-    from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
-    from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top
-    sd, _ = pth.read_pth(path)
-    if arch is None:
-      found = detect.detect_arch(sd)
-      if found is None:
-        raise sd_lib.ConversionError(f'{path}: {detect.describe(sd)}; pass the arch explicitly')
-      arch, detected = found
-      kwargs = {**detected, **kwargs}
-    variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
-    cfg = archs.get(arch).config(**kwargs)
-  else:
-    raise FileNotFoundError(f'no checkpoint at {path}')
+  if pathlib.Path(path).is_dir():
+    arch = None  # a directory records its arch
+  arch, cfg, variables = read_network(path, arch, **kwargs)
   if not archs.get(arch).is_generator:
     raise sd_lib.ConversionError(f'{path} holds a {arch!r}, not a generator')
   module, _ = archs.build(arch, dtype=dtype, **cfg)

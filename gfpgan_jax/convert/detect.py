@@ -1,8 +1,15 @@
 """Recognises which official architecture (and options) a PyTorch state dict belongs to.
 
-Used for error hints and by `load_generator` on a bare `.pth`. Shapes give
-every generator option except `input_is_latent`, which is True for every
-released GFP-GAN model and is assumed.
+Used for error hints, `--arch auto` and by `load_network`/`load_generator` on
+a bare `.pth`. Shapes give every option that changes a shape. The others are
+assumed at the values of the released files:
+* `input_is_latent=True` (every released GFP-GAN);
+* GFPGANBilinear has exactly GFPGANv1's keys and shapes (gfpgan.md 1.7), so its
+  files are recognised as 'gfpganv1'; pass the arch 'gfpganbilinear';
+* ParseNet: `min_feat_size=32` (only in_size / min_feat_size is in the shapes),
+  `relu_type`, `ch_range`;
+* RRDBNet: `num_in_ch == num_out_ch` (the scale is then read from conv_first);
+* RestoreFormer: `resolution=512` (for `attn_resolutions`) and `head_size=8`.
 """
 
 from collections.abc import Mapping
@@ -34,6 +41,40 @@ def _decoder_options(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
       'narrow': int(narrow) if narrow == int(narrow) else narrow,
   }
   return opts
+
+
+def _parsenet_options(sd: Mapping[str, Any]) -> dict[str, Any]:
+  down = _count(sd, r'encoder\.(\d+)\.') - 1
+  up = _count(sd, r'decoder\.(\d+)\.')
+  norm = 'bn' if any(k.endswith('norm.norm.running_mean') for k in sd) else (
+      'gn' if any(k.endswith('norm.norm.weight') for k in sd) else 'none')
+  return {'in_size': 32 * 2**down, 'out_size': 32 * 2**up, 'base_ch': sd['encoder.0.conv2d.weight'].shape[0],
+          'parsing_ch': sd['out_mask_conv.conv2d.weight'].shape[0], 'res_depth': _count(sd, r'body\.(\d+)\.'),
+          'norm_type': norm}
+
+
+def _rrdbnet_options(sd: Mapping[str, Any]) -> dict[str, Any]:
+  c_in, c_out = sd['conv_first.weight'].shape[1], sd['conv_last.weight'].shape[0]
+  scale = {1: 4, 4: 2, 16: 1}[c_in // c_out] if c_in % c_out == 0 else None
+  if scale is None:
+    raise ValueError('conv_first / conv_last channels fit no scale')
+  return {'num_in_ch': c_out, 'num_out_ch': c_out, 'scale': scale, 'num_feat': sd['conv_first.weight'].shape[0],
+          'num_block': _count(sd, r'body\.(\d+)\.rdb1\.'),
+          'num_grow_ch': sd['body.0.rdb1.conv1.weight'].shape[0]}
+
+
+def _restoreformer_options(sd: Mapping[str, Any]) -> dict[str, Any]:
+  n_embed, embed_dim = sd['quantize.embedding.weight'].shape
+  ch = sd['encoder.conv_in.weight'].shape[0]
+  levels = _count(sd, r'encoder\.down\.(\d+)\.')
+  ch_mult = tuple(sd[f'encoder.down.{i}.block.0.conv1.weight'].shape[0] // ch for i in range(levels))
+  z_channels = sd['post_quant_conv.weight'].shape[0]
+  attn = tuple(512 // 2**i for i in range(levels) if f'encoder.down.{i}.attn.0.q.weight' in sd)
+  return {'n_embed': n_embed, 'embed_dim': embed_dim, 'ch': ch, 'out_ch': sd['decoder.conv_out.weight'].shape[0],
+          'ch_mult': ch_mult, 'num_res_blocks': _count(sd, r'encoder\.down\.0\.block\.(\d+)\.'),
+          'attn_resolutions': attn, 'in_channels': sd['encoder.conv_in.weight'].shape[1], 'z_channels': z_channels,
+          'double_z': sd['encoder.conv_out.weight'].shape[0] == 2 * z_channels,
+          'enable_mid': 'encoder.mid.block_1.conv1.weight' in sd}
 
 
 def detect_arch(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -73,6 +114,17 @@ def detect_arch(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
       return 'arcface', {'layers': layers, 'use_se': any('.se.' in k for k in sd)}
     if 'features.0.weight' in sd or 'vgg_net.conv1_1.weight' in sd:
       return 'vgg19', {}
+    if 'ClassHead.0.conv1x1.weight' in sd:
+      if 'body.conv1.weight' in sd:
+        return 'retinaface_resnet50', {}
+      if 'body.stage1.0.0.weight' in sd:
+        return 'retinaface_mobilenet0.25', {}
+    if 'out_mask_conv.conv2d.weight' in sd and 'encoder.0.conv2d.weight' in sd:
+      return 'parsenet', _parsenet_options(sd)
+    if 'conv_first.weight' in sd and 'body.0.rdb1.conv1.weight' in sd:
+      return 'rrdbnet', _rrdbnet_options(sd)
+    if 'quantize.embedding.weight' in sd and 'encoder.conv_in.weight' in sd:
+      return 'restoreformer', _restoreformer_options(sd)
   except (KeyError, IndexError, AttributeError, ValueError):
     return None
   return None

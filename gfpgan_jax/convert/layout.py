@@ -11,6 +11,7 @@ permutation, so shapes map both ways:
 | conv weight | OIHW | HWIO |
 | modulated conv weight | (1, O, I, k, k) | (1, k, k, I, O) |
 | linear weight | (out, in) | (in, out) |
+| `nn.Embedding` weight (RestoreFormer's codebook, `*.embedding.weight`) | (num, dim) | unchanged |
 | `constant_input.weight`, (1,C,1,1) biases, noise buffers | NCHW | NHWC |
 | everything else (1-D, scalars) | unchanged | unchanged |
 """
@@ -31,7 +32,7 @@ def torch_to_flax_perm(key: str, ndim: int) -> tuple[int, ...] | None:
     return _MODULATED
   if ndim == 4:
     return _CONV if name == 'weight' and parent != 'constant_input' else _NCHW
-  if ndim == 2 and name == 'weight':
+  if ndim == 2 and name == 'weight' and parent != 'embedding':
     return _LINEAR
   return None
 

@@ -1,16 +1,24 @@
 """Loads the official GFP-GAN architecture files (PyTorch) for parity tests and benchmarks.
 
 The sources are fetched with `pip download --no-deps gfpgan==1.3.8 basicsr==1.4.2
-torchvision==0.28.0` into a cache directory (from PyPI; nothing else is
-downloaded) and only their architecture files are imported, by file path:
-their package `__init__`s pull in dependencies that do not install here, and
-torchvision's compiled ops need a CUDA build of torch.
+facexlib==0.3.0 realesrgan==0.3.0 torchvision==0.28.0` into a cache directory
+(from PyPI; nothing else is downloaded) and only their architecture files are
+imported, by file path: their package `__init__`s pull in dependencies that do
+not install here, and torchvision's compiled ops need a CUDA build of torch.
+realesrgan is fetched for one file, `realesrgan/utils.py` (`RealESRGANer`, the
+tiled background upsampler that gfpgan's inference uses).
 
-One substitution is made, as the project rules allow: basicsr's `fused_act`
-op has no CPU build, so `FusedLeakyReLU`/`fused_leaky_relu` are replaced by
-their formula `scale * leaky_relu(x + bias, 0.2)` (gfpgan.md 1.1). Every other
-line that runs is the official code (basicsr's own CPU `upfirdn2d_native`,
-torchvision's VGG definition and its pure-PyTorch `roi_align`).
+Two substitutions are made, as the project rules allow, for compiled ops that
+have no CPU build here:
+* basicsr's `fused_act`: `FusedLeakyReLU`/`fused_leaky_relu` are replaced by
+  their formula `scale * leaky_relu(x + bias, 0.2)` (gfpgan.md 1.1);
+* torchvision's `nms` (called by facexlib's `py_cpu_nms`): replaced by the
+  greedy NMS that torchvision's CPU kernel computes (a stable descending sort
+  of the scores; a box is dropped when its IoU with a kept box is > the
+  threshold; areas without the +1).
+Every other line that runs is the official code (basicsr's own CPU
+`upfirdn2d_native`, torchvision's VGG and ResNet definitions and its
+pure-PyTorch `roi_align`).
 """
 
 import importlib
@@ -24,7 +32,7 @@ import tempfile
 import types
 import zipfile
 
-PACKAGES = ('gfpgan==1.3.8', 'basicsr==1.4.2', 'torchvision==0.28.0')
+PACKAGES = ('gfpgan==1.3.8', 'basicsr==1.4.2', 'facexlib==0.3.0', 'realesrgan==0.3.0', 'torchvision==0.28.0')
 DEFAULT_CACHE = pathlib.Path(os.environ.get('GFPGAN_JAX_OFFICIAL_DIR',
                                             pathlib.Path.home() / '.cache' / 'gfpgan_jax' / 'official'))
 
@@ -103,9 +111,36 @@ def _fused_act_substitute() -> types.ModuleType:
   return mod
 
 
+def _nms_substitute(boxes, scores, iou_threshold):
+  """torchvision.ops.nms as its CPU kernel computes it (pure PyTorch)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  order = torch.sort(scores, stable=True, descending=True).indices
+  x1, y1, x2, y2 = boxes.unbind(1)
+  areas = (x2 - x1) * (y2 - y1)
+  suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+  keep = []
+  for i in order.tolist():
+    if suppressed[i]:
+      continue
+    keep.append(i)
+    w = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+    h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+    inter = w * h
+    iou = inter / (areas[i] + areas - inter)
+    suppressed |= iou > iou_threshold
+  return torch.tensor(keep, dtype=torch.int64)
+
+
 class Official:
-  """The official modules: `stylegan2_arch`, `gfpganv1_arch`, `gfpganv1_clean_arch`,
-  `stylegan2_clean_arch`, `arcface_arch`, `vgg_arch`, `tv_vgg`, `roi_align`."""
+  """The official modules.
+
+  gfpgan/basicsr: `stylegan2_arch`, `gfpganv1_arch`, `gfpganv1_clean_arch`,
+  `stylegan2_clean_arch`, `stylegan2_bilinear_arch`, `gfpgan_bilinear_arch`,
+  `restoreformer_arch`, `arcface_arch`, `vgg_arch`, `rrdbnet_arch`;
+  facexlib: `retinaface`, `retinaface_net`, `retinaface_utils`, `parsenet`;
+  realesrgan: `realesrgan_utils` (`RealESRGANer`); torchvision: `tv_vgg`,
+  `tv_resnet`, `roi_align`.
+  """
 
   def __init__(self, src: pathlib.Path):
     import torch  # pylint: disable=g-import-not-at-top,unused-import
@@ -122,6 +157,7 @@ class Official:
     _fake_package('torchvision', src / 'torchvision')
     _fake_package('torchvision.models', src / 'torchvision' / 'models')
     _fake_package('torchvision.ops', src / 'torchvision' / 'ops')
+    sys.modules['torchvision.ops'].nms = _nms_substitute
     _fake_package('gfpgan', src / 'gfpgan')
     _fake_package('gfpgan.archs', src / 'gfpgan' / 'archs')
     self.tv_vgg = importlib.import_module('torchvision.models.vgg')
@@ -132,6 +168,23 @@ class Official:
     self.stylegan2_clean_arch = importlib.import_module('gfpgan.archs.stylegan2_clean_arch')
     self.gfpganv1_clean_arch = importlib.import_module('gfpgan.archs.gfpganv1_clean_arch')
     self.arcface_arch = importlib.import_module('gfpgan.archs.arcface_arch')
+    self.stylegan2_bilinear_arch = importlib.import_module('gfpgan.archs.stylegan2_bilinear_arch')
+    self.gfpgan_bilinear_arch = importlib.import_module('gfpgan.archs.gfpgan_bilinear_arch')
+    self.restoreformer_arch = importlib.import_module('gfpgan.archs.restoreformer_arch')
+    self.rrdbnet_arch = importlib.import_module('basicsr.archs.rrdbnet_arch')
+    # facexlib's RetinaFace builds `torchvision.models.resnet50(pretrained=False)`.
+    self.tv_resnet = importlib.import_module('torchvision.models.resnet')
+    sys.modules['torchvision.models'].resnet50 = self.tv_resnet.resnet50
+    importlib.import_module('torchvision.models._utils')
+    _fake_package('facexlib', src / 'facexlib')
+    for sub in ('detection', 'parsing'):
+      _fake_package(f'facexlib.{sub}', src / 'facexlib' / sub)
+    self.retinaface_net = importlib.import_module('facexlib.detection.retinaface_net')
+    self.retinaface_utils = importlib.import_module('facexlib.detection.retinaface_utils')
+    self.retinaface = importlib.import_module('facexlib.detection.retinaface')
+    self.parsenet = importlib.import_module('facexlib.parsing.parsenet')
+    _fake_package('realesrgan', src / 'realesrgan')
+    self.realesrgan_utils = importlib.import_module('realesrgan.utils')
 
 
 _LOADED: Official | None = None

@@ -145,7 +145,7 @@ def _perceptual_loss(official, losses, layer_weights: dict[str, float], perceptu
 
   `VGGFeatureExtractor` loads torchvision weights from the relative path
   `VGG_PRETRAIN_PATH` (or downloads them), so the random VGG19 is saved there
-  in a temporary directory, as `parity_cases._vgg_official` does.
+  in a temporary directory, as `cases.training.vgg_official` does.
 
   Returns:
     (loss module, the torchvision VGG19 state dict as numpy arrays).

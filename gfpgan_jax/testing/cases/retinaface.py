@@ -1,0 +1,5 @@
+"""Parity cases of the retinaface family (filled in by its implementation)."""
+
+from gfpgan_jax.testing.cases.base import Case
+
+CASES: list[Case] = []
