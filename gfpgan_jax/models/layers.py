@@ -46,12 +46,14 @@ def scaled_leaky_relu(x: Array, negative_slope: float = 0.2) -> Array:
 def conv2d(x: Array,
            w: Array,
            stride: int = 1,
-           padding: int | Sequence[tuple[int, int]] = 0) -> Array:
-  """Cross-correlation like `F.conv2d`. x: [N,H,W,I], w: [kh,kw,I,O]."""
+           padding: int | Sequence[tuple[int, int]] = 0,
+           groups: int = 1) -> Array:
+  """Cross-correlation like `F.conv2d`. x: [N,H,W,I], w: [kh,kw,I/groups,O]."""
   if isinstance(padding, int):
     padding = [(padding, padding)] * 2
   return lax.conv_general_dilated(
-      x, w, window_strides=(stride, stride), padding=padding, dimension_numbers=_CONV_DIMS)
+      x, w, window_strides=(stride, stride), padding=padding, dimension_numbers=_CONV_DIMS,
+      feature_group_count=groups)
 
 
 def nchw_flatten(x: Array) -> Array:
@@ -109,7 +111,11 @@ def constant_init(value: float):
 
 
 class Conv2d(nn.Module):
-  """`nn.Conv2d` in NHWC. Params: `weight` [k,k,in,out], `bias` [out]."""
+  """`nn.Conv2d` in NHWC. Params: `weight` [k,k,in/groups,out], `bias` [out].
+
+  `groups` as in PyTorch (`groups=in=out` is a depthwise conv; a torch
+  (C,1,k,k) weight is (k,k,1,C) here).
+  """
   features: int
   kernel_size: int
   stride: int = 1
@@ -117,6 +123,7 @@ class Conv2d(nn.Module):
   use_bias: bool = True
   kernel_init: Any = torch_default_kernel_init
   bias_init: Any = None
+  groups: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -124,10 +131,13 @@ class Conv2d(nn.Module):
   def __call__(self, x: Array) -> Array:
     in_ch = x.shape[-1]
     k = self.kernel_size
-    w = self.param('weight', self.kernel_init, (k, k, in_ch, self.features), self.param_dtype)
-    y = conv2d(x.astype(self.dtype), w.astype(self.dtype), self.stride, self.padding)
+    if in_ch % self.groups or self.features % self.groups:
+      raise ValueError(f'Conv2d: in ({in_ch}) and out ({self.features}) channels must be divisible by groups '
+                       f'({self.groups})')
+    w = self.param('weight', self.kernel_init, (k, k, in_ch // self.groups, self.features), self.param_dtype)
+    y = conv2d(x.astype(self.dtype), w.astype(self.dtype), self.stride, self.padding, self.groups)
     if self.use_bias:
-      bias_init = self.bias_init or torch_default_bias_init(in_ch * k * k)
+      bias_init = self.bias_init or torch_default_bias_init(in_ch // self.groups * k * k)
       b = self.param('bias', bias_init, (self.features,), self.param_dtype)
       y = y + b.astype(self.dtype)
     return y
@@ -274,6 +284,10 @@ class ConvLayer(nn.Module):
   With downsampling: blur (index 0, no params), '1' EqualConv2d (stride 2,
   pad 0), '2' activation. The conv has a bias only if `bias and not activate`;
   with `activate and bias` the bias lives in the FusedLeakyReLU.
+
+  `interpolation_mode` None is basicsr's FIR downsampling; 'bilinear' or
+  'nearest' is gfpgan's bilinear-arch `ConvLayer`: index 0 is
+  `nn.Upsample(scale_factor=0.5)` and the conv has stride 1, pad k//2.
   """
   features: int
   kernel_size: int
@@ -281,20 +295,25 @@ class ConvLayer(nn.Module):
   resample_kernel: Sequence[int] = DEFAULT_RESAMPLE_KERNEL
   bias: bool = True
   activate: bool = True
+  interpolation_mode: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     idx = 0
+    fir = self.interpolation_mode is None
     if self.downsample:
-      x = blur_before_stride2(x, self.kernel_size, self.resample_kernel)
+      if fir:
+        x = blur_before_stride2(x, self.kernel_size, self.resample_kernel)
+      else:
+        x = resample.interpolate(x, 0.5, self.interpolation_mode)
       idx = 1
     x = EqualConv2d(
         self.features,
         self.kernel_size,
-        stride=2 if self.downsample else 1,
-        padding=0 if self.downsample else self.kernel_size // 2,
+        stride=2 if self.downsample and fir else 1,
+        padding=0 if self.downsample and fir else self.kernel_size // 2,
         use_bias=self.bias and not self.activate,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -308,16 +327,21 @@ class ConvLayer(nn.Module):
 
 
 class ResBlock(nn.Module):
-  """basicsr discriminator-style `ResBlock`: (conv2(conv1(x)) + skip(x)) / sqrt(2), x0.5 size."""
+  """basicsr discriminator-style `ResBlock`: (conv2(conv1(x)) + skip(x)) / sqrt(2), x0.5 size.
+
+  `interpolation_mode` as in `ConvLayer` (None: FIR; 'bilinear': gfpgan's bilinear arch).
+  """
   features: int
   resample_kernel: Sequence[int] = DEFAULT_RESAMPLE_KERNEL
+  interpolation_mode: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kw = dict(resample_kernel=self.resample_kernel, dtype=self.dtype, param_dtype=self.param_dtype)
+    down = dict(downsample=True, interpolation_mode=self.interpolation_mode)
     out = ConvLayer(x.shape[-1], 3, name='conv1', **kw)(x)
-    out = ConvLayer(self.features, 3, downsample=True, name='conv2', **kw)(out)
-    skip = ConvLayer(self.features, 1, downsample=True, bias=False, activate=False, name='skip', **kw)(x)
+    out = ConvLayer(self.features, 3, name='conv2', **down, **kw)(out)
+    skip = ConvLayer(self.features, 1, bias=False, activate=False, name='skip', **down, **kw)(x)
     return (out + skip) / SQRT2

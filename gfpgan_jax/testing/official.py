@@ -127,7 +127,7 @@ def _nms_substitute(boxes, scores, iou_threshold):
     h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
     inter = w * h
     iou = inter / (areas[i] + areas - inter)
-    suppressed |= iou > iou_threshold
+    suppressed |= iou.double() > iou_threshold  # the kernel compares the float IoU in double
   return torch.tensor(keep, dtype=torch.int64)
 
 
