@@ -177,3 +177,34 @@ def resize_bilinear(x: Array, size: tuple[int, int]) -> Array:
     [N, H', W', C].
   """
   return _resize_axis(_resize_axis(x, size[0], 1), size[1], 2)
+
+
+def interpolate(x: Array, scale_factor: float, mode: str = 'bilinear') -> Array:
+  """PyTorch `F.interpolate(x, scale_factor=2 or 0.5, mode, align_corners=False)` (or `nn.Upsample`).
+
+  With a `scale_factor` PyTorch maps output pixel i to source coordinate
+  `(i + 0.5) / scale_factor - 0.5` ('bilinear') or `floor(i / scale_factor)`
+  ('nearest'), with the output size floored; for x0.5 that is the mean of
+  samples 2i and 2i+1 (bilinear) or sample 2i (nearest), also for odd sizes.
+
+  Args:
+    x: [N, H, W, C].
+    scale_factor: 2 or 0.5.
+    mode: 'bilinear' (align_corners=False, no antialias) or 'nearest'.
+
+  Returns:
+    [N, 2H, 2W, C] or [N, H//2, W//2, C].
+  """
+  if mode not in ('bilinear', 'nearest'):
+    raise ValueError(f"interpolation mode must be 'bilinear' or 'nearest', got {mode!r}")
+  if scale_factor == 2:
+    if mode == 'bilinear':
+      return upsample2x(x)
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  if scale_factor == 0.5:
+    n, h, w, c = x.shape
+    x = x[:, :2 * (h // 2), :2 * (w // 2)]
+    if mode == 'nearest':
+      return x[:, ::2, ::2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+  raise ValueError(f'scale_factor must be 2 or 0.5, got {scale_factor}')

@@ -83,6 +83,9 @@ class ModulatedConv2d(nn.Module):
   """basicsr `ModulatedConv2d`: runtime scale 1/sqrt(in*k*k), FIR up/down-sampling.
 
   Params: `weight` [1, k, k, in, out] (randn), `modulation` (EqualLinear, bias 1).
+  With `interpolation_mode` ('bilinear' or 'nearest'; None = FIR) it is
+  gfpgan's bilinear-arch `ModulatedConv2d`: the input is resized with
+  `F.interpolate(scale_factor=2 or 0.5)`, then a plain conv with pad k//2.
   """
   out_channels: int
   kernel_size: int
@@ -90,6 +93,7 @@ class ModulatedConv2d(nn.Module):
   sample_mode: str | None = None
   resample_kernel: Sequence[int] = layers.DEFAULT_RESAMPLE_KERNEL
   eps: float = 1e-8
+  interpolation_mode: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -106,6 +110,14 @@ class ModulatedConv2d(nn.Module):
     w = w[0].astype(jnp.float32) * (1.0 / math.sqrt(in_ch * k * k))
     x, demod = modulate_and_demodulate(x, s, w, self.demodulate, self.eps, self.dtype)
     wc = w.astype(self.dtype)
+    if self.interpolation_mode is not None:
+      # The style scale is per input channel, so it commutes with the resize.
+      if self.sample_mode is not None:
+        x = resample.interpolate(x, 2 if self.sample_mode == 'upsample' else 0.5, self.interpolation_mode)
+      out = layers.conv2d(x, wc, padding=k // 2)
+      if demod is not None:
+        out = out * demod.astype(out.dtype)[:, None, None, :]
+      return out
     if self.sample_mode == 'upsample':
       # conv_transpose2d(stride 2, pad 0) == conv of the 2x zero-dilated input,
       # padded by k-1, with the spatially flipped kernel; gives 2h+1.
@@ -143,23 +155,29 @@ class StyleConv(nn.Module):
   kernel_size: int = 3
   sample_mode: str | None = None
   resample_kernel: Sequence[int] = layers.DEFAULT_RESAMPLE_KERNEL
+  interpolation_mode: str | None = None  # None: FIR; 'bilinear'/'nearest': see ModulatedConv2d
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, style: Array, noise: Array | None = None) -> Array:
     out = ModulatedConv2d(self.out_channels, self.kernel_size, sample_mode=self.sample_mode,
-                          resample_kernel=self.resample_kernel, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name='modulated_conv')(x, style)
+                          resample_kernel=self.resample_kernel, interpolation_mode=self.interpolation_mode,
+                          dtype=self.dtype, param_dtype=self.param_dtype, name='modulated_conv')(x, style)
     strength = self.param('weight', nn.initializers.zeros, (1,), self.param_dtype)
     out = out + strength.astype(out.dtype) * draw_noise(self, out, noise)
     return layers.FusedLeakyReLU(dtype=self.dtype, param_dtype=self.param_dtype, name='activate')(out)
 
 
 class ToRGB(nn.Module):
-  """basicsr `ToRGB`: 1x1 modulated conv (no demod) + bias, plus the FIR-upsampled skip."""
+  """basicsr `ToRGB`: 1x1 modulated conv (no demod) + bias, plus the FIR-upsampled skip.
+
+  With `interpolation_mode` ('bilinear' or 'nearest'; None = FIR) the skip is
+  upsampled by `F.interpolate(scale_factor=2)` (gfpgan's bilinear arch).
+  """
   upsample: bool = True
   resample_kernel: Sequence[int] = layers.DEFAULT_RESAMPLE_KERNEL
+  interpolation_mode: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -169,7 +187,9 @@ class ToRGB(nn.Module):
                           name='modulated_conv')(x, style)
     out = out + self.param('bias', nn.initializers.zeros, (1, 1, 1, 3), self.param_dtype).astype(out.dtype)
     if skip is not None:
-      if self.upsample:
+      if self.upsample and self.interpolation_mode is not None:
+        skip = resample.interpolate(skip, 2, self.interpolation_mode)
+      elif self.upsample:
         # UpFirDnUpsample: kernel * 4, up 2, pad (2, 1).
         k1 = resample.make_resample_kernel_1d(self.resample_kernel)
         p = len(k1) - 2
