@@ -34,7 +34,7 @@ def make_restore_fn(module: nn.Module, randomize_noise: bool = True) -> Callable
   """Returns `restore(variables, images, key) -> restored`, both uint8 [N, S, S, 3].
 
   Args:
-    module: a GFP-GAN generator (`GFPGANv1Clean` or `GFPGANv1`).
+    module: a face restorer (`GFPGANv1Clean`, `GFPGANv1`, `GFPGANBilinear` or `RestoreFormer`).
     randomize_noise: draw the decoder noise from `key` (the official
       behaviour) or use the stored noise buffers (deterministic; `key` unused).
   """

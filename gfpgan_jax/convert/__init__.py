@@ -10,6 +10,7 @@ retinaface_mobilenet0.25, parsenet, rrdbnet.
 """
 
 from gfpgan_jax.convert.archs import ARCHS
+from gfpgan_jax.convert.bilinear_to_clean import bilinear_to_clean
 from gfpgan_jax.convert.checkpoint import load_generator
 from gfpgan_jax.convert.checkpoint import load_network
 from gfpgan_jax.convert.detect import detect_arch
@@ -17,5 +18,5 @@ from gfpgan_jax.convert.state_dict import ConversionError
 from gfpgan_jax.convert.state_dict import flax_to_torch
 from gfpgan_jax.convert.state_dict import torch_to_flax
 
-__all__ = ['ARCHS', 'ConversionError', 'detect_arch', 'flax_to_torch', 'load_generator', 'load_network',
-           'torch_to_flax']
+__all__ = ['ARCHS', 'ConversionError', 'bilinear_to_clean', 'detect_arch', 'flax_to_torch', 'load_generator',
+           'load_network', 'torch_to_flax']

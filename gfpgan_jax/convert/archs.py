@@ -3,7 +3,6 @@
 from collections.abc import Callable
 import dataclasses
 import functools
-import importlib
 import json
 from typing import Any
 
@@ -23,8 +22,7 @@ class ArchSpec:
 
   Attributes:
     name: arch name used by the converters and checkpoints.
-    module: the Flax module class, or its `'package.module:Class'` path
-      (imported on first use).
+    module: the Flax module class.
     defaults: constructor kwargs of the released checkpoint of this arch;
       user kwargs override them.
     torch_key: top-level key the official loaders read (`params_ema`,
@@ -33,18 +31,11 @@ class ArchSpec:
     is_generator: whether `load_generator` accepts it.
   """
   name: str
-  module_ref: type[nn.Module] | str
+  module: type[nn.Module]
   defaults: dict[str, Any]
   torch_key: str | None
   init_inputs: Callable[[dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
   is_generator: bool = False
-
-  @property
-  def module(self) -> type[nn.Module]:
-    if isinstance(self.module_ref, str):
-      path, _, cls = self.module_ref.partition(':')
-      return getattr(importlib.import_module(path), cls)
-    return self.module_ref
 
   def config(self, **kwargs) -> dict[str, Any]:
     """Validated, complete constructor kwargs (defaults overridden by `kwargs`)."""
@@ -111,25 +102,25 @@ ARCHS: dict[str, ArchSpec] = {
                  dict(layer_name_list=models.vgg.GFPGAN_LAYERS, vgg_type='vgg19', use_input_norm=True,
                       range_norm=True), None, lambda cfg: ((jnp.zeros((1, 32, 32, 3), jnp.float32),), {})),
         # The inference networks of the photo pipeline (gfpgan.md section 4).
-        ArchSpec('retinaface_resnet50', 'gfpgan_jax.models.retinaface:RetinaFace', dict(network_name='resnet50'),
-                 None, _fixed((1, 64, 64, 3))),
-        ArchSpec('retinaface_mobilenet0.25', 'gfpgan_jax.models.retinaface:RetinaFace',
-                 dict(network_name='mobile0.25'), None, _fixed((1, 64, 64, 3))),
-        ArchSpec('parsenet', 'gfpgan_jax.models.parsenet:ParseNet',
+        ArchSpec('retinaface_resnet50', models.RetinaFace, dict(network_name='resnet50'), None,
+                 _fixed((1, 64, 64, 3))),
+        ArchSpec('retinaface_mobilenet0.25', models.RetinaFace, dict(network_name='mobile0.25'), None,
+                 _fixed((1, 64, 64, 3))),
+        ArchSpec('parsenet', models.ParseNet,
                  dict(in_size=512, out_size=512, min_feat_size=32, base_ch=64, parsing_ch=19, res_depth=10,
                       relu_type='LeakyReLU', norm_type='bn', ch_range=(32, 256)), None, _image('in_size')),
-        ArchSpec('rrdbnet', 'gfpgan_jax.models.rrdbnet:RRDBNet',
+        ArchSpec('rrdbnet', models.RRDBNet,
                  dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32), 'params_ema',
                  _rrdb_input),
-        ArchSpec('restoreformer', 'gfpgan_jax.models.restoreformer:RestoreFormer',
+        ArchSpec('restoreformer', models.RestoreFormer,
                  dict(n_embed=1024, embed_dim=256, ch=64, out_ch=3, ch_mult=(1, 2, 2, 4, 4, 8), num_res_blocks=2,
                       attn_resolutions=(16,), dropout=0.0, in_channels=3, resolution=512, z_channels=256,
                       double_z=False, enable_mid=True, head_size=8), 'params_ema', _restoreformer_input,
                  is_generator=True),
-        ArchSpec('gfpganbilinear', 'gfpgan_jax.models.gfpgan_bilinear:GFPGANBilinear',
+        ArchSpec('gfpganbilinear', models.GFPGANBilinear,
                  dict(_GFPGAN_RELEASED, channel_multiplier=2, lr_mlp=0.01), 'params_ema', _image(),
                  is_generator=True),
-        ArchSpec('stylegan2bilinear', 'gfpgan_jax.models.stylegan2_bilinear:StyleGAN2GeneratorBilinear',
+        ArchSpec('stylegan2bilinear', models.StyleGAN2GeneratorBilinear,
                  dict(out_size=512, num_style_feat=512, num_mlp=8, channel_multiplier=2, lr_mlp=0.01, narrow=1,
                       interpolation_mode='bilinear'), 'params_ema', _styles, is_generator=True),
     ]

@@ -158,7 +158,8 @@ def read_network(path: str | os.PathLike,
       bare state dict; a `module.` prefix is stripped).
     arch: the arch of a `.pth` (required where the keys cannot tell, e.g.
       'gfpganbilinear'); for a directory, the arch it must hold.
-    **kwargs: constructor options for a `.pth` (override the detected ones).
+    **kwargs: constructor options for a `.pth` (override the options read
+      from its keys, which are used also when `arch` is given).
 
   Raises:
     FileNotFoundError: nothing at `path`.
@@ -183,7 +184,9 @@ def read_network(path: str | os.PathLike,
     if found is None:
       raise sd_lib.ConversionError(f'{path}: {detect.describe(sd)}; pass the arch explicitly')
     arch, detected = found
-    kwargs = {**detected, **kwargs}
+  else:
+    detected = detect.options_for(sd, arch)
+  kwargs = {**detected, **kwargs}
   variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
   return arch, archs.get(arch).config(**kwargs), variables
 

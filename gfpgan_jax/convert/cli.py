@@ -23,10 +23,12 @@ def _count(variables) -> tuple[int, int]:
 
 def torch_to_jax(argv=None) -> pathlib.Path:
   """`convert_torch_to_jax.py --arch A --input X.pth --output DIR [--arch-kwargs JSON]`."""
-  p = argparse.ArgumentParser(description='Convert an official GFP-GAN/StyleGAN2/ArcFace/VGG .pth to a '
+  p = argparse.ArgumentParser(description='Convert an official .pth (GFP-GAN, RestoreFormer, StyleGAN2, the '
+                              'discriminators, ArcFace, VGG, facexlib RetinaFace/ParseNet, Real-ESRGAN RRDBNet) to a '
                               'gfpgan_jax checkpoint directory (Orbax variables + gfpgan_jax.json).')
   p.add_argument('--arch', default='auto', choices=['auto', *sorted(archs.ARCHS)],
-                 help='architecture; "auto" recognises it (and its options) from the keys')
+                 help='architecture; "auto" recognises it (and its options) from the keys (GFPGANBilinear files '
+                 'have GFPGANv1\'s keys: pass --arch gfpganbilinear)')
   p.add_argument('--input', required=True, type=pathlib.Path, help='.pth file (zip or legacy format)')
   p.add_argument('--output', required=True, type=pathlib.Path, help='output directory')
   p.add_argument('--arch-kwargs', default='{}', help='JSON constructor options over the released defaults, '
@@ -48,7 +50,9 @@ def torch_to_jax(argv=None) -> pathlib.Path:
     if found is None:
       p.error(f'{args.input}: {detect.describe(sd)}; pass --arch')
     arch, detected = found
-    kwargs = {**detected, **kwargs}
+  else:
+    detected = detect.options_for(sd, arch)
+  kwargs = {**detected, **kwargs}
   variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
   cfg = archs.get(arch).config(**kwargs)
   out = checkpoint.save(args.output, variables, arch, cfg, overwrite=args.overwrite, source=str(args.input),
@@ -66,8 +70,9 @@ def jax_to_torch(argv=None) -> pathlib.Path:
                  help='converted checkpoint or export directory, or a training workdir (its G-EMA)')
   p.add_argument('--output', required=True, type=pathlib.Path, help='output .pth')
   p.add_argument('--param-key', default=None,
-                 help='top-level key: params_ema (generators, default), params (discriminators), or "none" for '
-                 'a bare state dict (ArcFace, VGG); default: what the official loaders of the arch read')
+                 help='top-level key: params_ema (generators, RRDBNet), params (discriminators), or "none" for '
+                 'a bare state dict (ArcFace, VGG, RetinaFace, ParseNet); default: what the official loaders of the '
+                 'arch read')
   p.add_argument('--legacy-format', action='store_true', help='write the pre-1.6 (non-zip) torch format')
   p.add_argument('--step', type=int, default=None, help='checkpoint step of a training workdir (default: latest)')
   args = p.parse_args(argv)

@@ -9,7 +9,8 @@ assumed at the values of the released files:
 * ParseNet: `min_feat_size=32` (only in_size / min_feat_size is in the shapes),
   `relu_type`, `ch_range`;
 * RRDBNet: `num_in_ch == num_out_ch` (the scale is then read from conv_first);
-* RestoreFormer: `resolution=512` (for `attn_resolutions`) and `head_size=8`.
+* RestoreFormer: `head_size=8`, and the deepest attention level at 16 px (which gives `resolution`;
+  512 without attention).
 """
 
 from collections.abc import Mapping
@@ -46,11 +47,31 @@ def _decoder_options(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 def _parsenet_options(sd: Mapping[str, Any]) -> dict[str, Any]:
   down = _count(sd, r'encoder\.(\d+)\.') - 1
   up = _count(sd, r'decoder\.(\d+)\.')
+  res = _count(sd, r'body\.(\d+)\.')
+  base = sd['encoder.0.conv2d.weight'].shape[0]
   norm = 'bn' if any(k.endswith('norm.norm.running_mean') for k in sd) else (
-      'gn' if any(k.endswith('norm.norm.weight') for k in sd) else 'none')
-  return {'in_size': 32 * 2**down, 'out_size': 32 * 2**up, 'base_ch': sd['encoder.0.conv2d.weight'].shape[0],
-          'parsing_ch': sd['out_mask_conv.conv2d.weight'].shape[0], 'res_depth': _count(sd, r'body\.(\d+)\.'),
-          'norm_type': norm}
+      'gn' if any(k.endswith('norm.norm.weight') for k in sd) else 'none')  # 'in', 'pixel': no keys, as 'none'
+  relu = 'PReLU' if any(k.endswith('.relu.func.weight') for k in sd) else 'LeakyReLU'  # others: no keys
+  # ch_range: the released (32, 256) if it gives these channels, else the observed extremes (which do).
+  seen = [sd[f'encoder.{i}.conv1.conv2d.weight'].shape[0] for i in range(1, down + 1)]
+  seen += [sd['body.0.conv1.conv2d.weight'].shape[0]] * min(res, 1)
+  seen += [sd[f'decoder.{i}.conv1.conv2d.weight'].shape[0] for i in range(up)]
+  seen.append(sd['out_mask_conv.conv2d.weight'].shape[1])
+
+  def channels(lo, hi):
+    clip = lambda c: max(lo, min(c, hi))  # noqa: E731
+    out = [clip(base * 2**(i + 1)) for i in range(down)] + [clip(base * 2**down)] * min(res, 1)
+    head = base * 2**down
+    for _ in range(up):
+      head //= 2
+      out.append(clip(head))
+    return out + [clip(head)]
+
+  ch_range = next((r for r in ((32, 256), (min(seen + [base]), max(seen + [base]))) if channels(*r) == seen),
+                  (32, 256))
+  return {'in_size': 32 * 2**down, 'out_size': 32 * 2**up, 'base_ch': base,
+          'parsing_ch': sd['out_mask_conv.conv2d.weight'].shape[0], 'res_depth': res, 'relu_type': relu,
+          'norm_type': norm, 'ch_range': ch_range}
 
 
 def _rrdbnet_options(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,12 +90,16 @@ def _restoreformer_options(sd: Mapping[str, Any]) -> dict[str, Any]:
   levels = _count(sd, r'encoder\.down\.(\d+)\.')
   ch_mult = tuple(sd[f'encoder.down.{i}.block.0.conv1.weight'].shape[0] // ch for i in range(levels))
   z_channels = sd['post_quant_conv.weight'].shape[0]
-  attn = tuple(512 // 2**i for i in range(levels) if f'encoder.down.{i}.attn.0.q.weight' in sd)
+  # Only which levels attend is in the keys: put the deepest one at the released 16 px (the latent size of every
+  # config the official decoder can run, since it attends to the encoder's last level only).
+  attn_levels = [i for i in range(levels) if f'encoder.down.{i}.attn.0.q.weight' in sd]
+  resolution = 16 * 2**max(attn_levels) if attn_levels else 512
+  attn = tuple(resolution // 2**i for i in attn_levels)
   return {'n_embed': n_embed, 'embed_dim': embed_dim, 'ch': ch, 'out_ch': sd['decoder.conv_out.weight'].shape[0],
           'ch_mult': ch_mult, 'num_res_blocks': _count(sd, r'encoder\.down\.0\.block\.(\d+)\.'),
           'attn_resolutions': attn, 'in_channels': sd['encoder.conv_in.weight'].shape[1], 'z_channels': z_channels,
           'double_z': sd['encoder.conv_out.weight'].shape[0] == 2 * z_channels,
-          'enable_mid': 'encoder.mid.block_1.conv1.weight' in sd}
+          'enable_mid': 'encoder.mid.block_1.conv1.weight' in sd, 'resolution': resolution}
 
 
 def detect_arch(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -128,6 +153,22 @@ def detect_arch(sd: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
   except (KeyError, IndexError, AttributeError, ValueError):
     return None
   return None
+
+
+# Archs whose state dicts have exactly the keys and shapes of another arch (gfpgan.md 1.7).
+SAME_KEYS_AS = {'gfpganbilinear': 'gfpganv1', 'stylegan2bilinear': 'stylegan2'}
+
+
+def options_for(sd: Mapping[str, Any], arch: str) -> dict[str, Any]:
+  """The options read from the keys of `sd` when they belong to `arch` (or to its key twin), else `{}`.
+
+  Lets an explicit arch (`--arch rrdbnet`, `--arch gfpganbilinear`) still take
+  the sizes from the file instead of the released defaults.
+  """
+  found = detect_arch(sd)
+  if found is None or found[0] not in (arch, SAME_KEYS_AS.get(arch)):
+    return {}
+  return found[1]
 
 
 def describe(sd: Mapping[str, Any]) -> str:

@@ -5,7 +5,14 @@ from gfpgan_jax.models.discriminators import FacialComponentDiscriminator
 from gfpgan_jax.models.discriminators import StyleGAN2Discriminator
 from gfpgan_jax.models.gfpgan import GFPGANv1
 from gfpgan_jax.models.gfpgan import GFPGANv1Clean
+from gfpgan_jax.models.gfpgan_bilinear import GFPGANBilinear
+from gfpgan_jax.models.parsenet import ParseNet
+from gfpgan_jax.models.restoreformer import RestoreFormer
+from gfpgan_jax.models.retinaface import RetinaFace
+from gfpgan_jax.models.rrdbnet import RRDBNet
 from gfpgan_jax.models.stylegan2 import StyleGAN2Generator
+from gfpgan_jax.models.stylegan2_bilinear import StyleGAN2GeneratorBilinear
+from gfpgan_jax.models.stylegan2_bilinear import StyleGAN2GeneratorBilinearSFT
 from gfpgan_jax.models.stylegan2_clean import StyleGAN2GeneratorClean
 from gfpgan_jax.models.vgg import VGGFeatureExtractor
 
@@ -15,11 +22,18 @@ StyleGAN2GeneratorCSFT = StyleGAN2GeneratorClean
 
 __all__ = [
     'FacialComponentDiscriminator',
+    'GFPGANBilinear',
     'GFPGANv1',
     'GFPGANv1Clean',
+    'ParseNet',
+    'RRDBNet',
     'ResNetArcFace',
+    'RestoreFormer',
+    'RetinaFace',
     'StyleGAN2Discriminator',
     'StyleGAN2Generator',
+    'StyleGAN2GeneratorBilinear',
+    'StyleGAN2GeneratorBilinearSFT',
     'StyleGAN2GeneratorCSFT',
     'StyleGAN2GeneratorClean',
     'StyleGAN2GeneratorSFT',
