@@ -1,5 +1,7 @@
-"""Test set-up: 8 virtual CPU devices, parsed absl flags, and the official PyTorch code."""
+"""Test set-up: 8 virtual CPU devices, parsed absl flags, the official PyTorch code, and memory hygiene."""
 
+import ctypes
+import gc
 import os
 import tempfile
 
@@ -23,3 +25,34 @@ def official():
   """The official GFPGAN/basicsr architecture modules (downloaded once with pip)."""
   from gfpgan_jax.testing import official as official_lib  # pylint: disable=g-import-not-at-top
   return official_lib.load()
+
+
+# The training tests that run several processes (each compiling the whole step) need most of the 24 GiB of a CI
+# machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that they overlap the
+# short tests of the other worker and never each other.
+_HEAVY_MODULES = ('trainer_test',)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  heavy = [it for it in items if it.module.__name__.rpartition('.')[2] in _HEAVY_MODULES]
+  for it in heavy:
+    it.add_marker(pytest.mark.xdist_group('heavy_training'))
+  heavy_ids = {id(it) for it in heavy}
+  items[:] = heavy + [it for it in items if id(it) not in heavy_ids]
+
+
+try:
+  _LIBC = ctypes.CDLL('libc.so.6')
+except OSError:  # not glibc
+  _LIBC = None
+
+
+@pytest.fixture(autouse=True)
+def _return_freed_memory():
+  """After each test, hands freed heap pages back to the OS (glibc keeps them otherwise; a worker's RSS then only
+  grows, by GBs over the suite)."""
+  yield
+  gc.collect()
+  if _LIBC is not None:
+    _LIBC.malloc_trim(0)
