@@ -85,7 +85,16 @@ def _floor_index(v: Array, limit: int) -> tuple[Array, Array]:
   return fv, jnp.clip(fv, -2, limit + 1).astype(jnp.int32)
 
 
-def warp_ipp(src: Array, minv: Array, out_hw: tuple[int, int], border, hp) -> Array:
+def _dest_coords(out_hw: tuple[int, int], origin, hp) -> tuple[Array, Array]:
+  """Destination rows [H] and columns [W] as hp: `origin + arange` (exact integers)."""
+  out_h, out_w = out_hw
+  ys, xs = jnp.arange(out_h, dtype=hp), jnp.arange(out_w, dtype=hp)
+  if origin is not None:
+    ys, xs = ys + jnp.asarray(origin[0]).astype(hp), xs + jnp.asarray(origin[1]).astype(hp)
+  return ys, xs
+
+
+def warp_ipp(src: Array, minv: Array, out_hw: tuple[int, int], border, hp, origin=None) -> Array:
   """cv2.warpAffine INTER_LINEAR / BORDER_CONSTANT for uint8 or float32 images (IPP kernel).
 
   Args:
@@ -94,15 +103,17 @@ def warp_ipp(src: Array, minv: Array, out_hw: tuple[int, int], border, hp) -> Ar
     out_hw: static (H, W).
     border: C numbers, the border value (in the channel order of src).
     hp: the wide dtype (`numerics.hp_dtype`).
+    origin: None, or the (row, col) of the output's top-left pixel in the
+      destination (int scalars, may be traced): the output is that [H, W]
+      window of the full warp, computed with the same arithmetic.
 
   Returns:
     [H, W, C] in src's dtype.
   """
   h, w, c = src.shape
-  out_h, out_w = out_hw
   integer = src.dtype == jnp.uint8
-  ys = jnp.arange(out_h, dtype=hp)[:, None]
-  xs = jnp.arange(out_w, dtype=hp)[None, :]
+  ys, xs = _dest_coords(out_hw, origin, hp)
+  ys, xs = ys[:, None], xs[None, :]
   r = numerics.rounded
   sx = r(r(r(minv[0] * xs) + r(minv[1] * ys)) + minv[2])
   sy = r(r(r(minv[3] * xs) + r(minv[4] * ys)) + minv[5])
@@ -133,7 +144,7 @@ _AB_SCALE = 1024  # 1 << AB_BITS
 _ROUND_DELTA = 16  # AB_SCALE / INTER_TAB_SIZE / 2
 
 
-def warp_fixed(src: Array, minv: Array, out_hw: tuple[int, int], border, hp) -> Array:
+def warp_fixed(src: Array, minv: Array, out_hw: tuple[int, int], border, hp, origin=None) -> Array:
   """cv2.warpAffine INTER_LINEAR / BORDER_CONSTANT for float64 images (OpenCV's fixed-point remap).
 
   Args:
@@ -142,19 +153,18 @@ def warp_fixed(src: Array, minv: Array, out_hw: tuple[int, int], border, hp) -> 
     out_hw: static (H, W).
     border: C numbers.
     hp: the wide dtype.
+    origin: None, or the (row, col) of the output window in the destination (see `warp_ipp`).
 
   Returns:
     hp [H, W, C].
   """
   h, w, c = src.shape
-  out_h, out_w = out_hw
   lim = float(2**30)
 
   def fixed(v):  # saturate_cast<int>: round half to even, then saturate.
     return jnp.clip(jnp.rint(v), -lim, lim).astype(jnp.int32)
 
-  xs = jnp.arange(out_w, dtype=hp)
-  ys = jnp.arange(out_h, dtype=hp)
+  ys, xs = _dest_coords(out_hw, origin, hp)
   adelta = fixed(minv[0] * xs * _AB_SCALE)[None, :]
   bdelta = fixed(minv[3] * xs * _AB_SCALE)[None, :]
   r = numerics.rounded
