@@ -1,27 +1,34 @@
-r"""Restores aligned face crops with a GFP-GAN generator.
+r"""Restores the faces of photos and videos with a GFP-GAN generator (the official `inference_gfpgan.py`).
 
-    python -m gfpgan_jax.restore --weights GFPGANv1.4.pth --input faces/ --output results/
-    python -m gfpgan_jax.restore --output results/          # built-in sample, see below
+    python -m gfpgan_jax.restore -i inputs/whole_imgs -o results -v 1.3 -s 2
+    python -m gfpgan_jax.restore -i clip.mp4 -o results --weights GFPGANv1.4.pth --detector-weights \
+        detection_Resnet50_Final.pth --parser-weights parsing_parsenet.pth
+    python -m gfpgan_jax.restore -i aligned_faces/ -o results --aligned
+    python -m gfpgan_jax.restore -o results        # built-in group photo, no download
 
-Inputs are aligned faces (as the official `--aligned` mode): crops of another
-size are resized to the model size (bilinear, like `cv2.resize`) and the log
-says so. For each readable input, `OUTPUT/restored/NAME.png` and a side-by-side
-`OUTPUT/cmp/NAME.png` (input | restored) are written. Unreadable or non-image
-files are reported by name and skipped; the rest still run.
+`-i` is an image, a video (by extension: .mp4, .mov, .avi, .mkv, .webm, ...)
+or a folder (every file, sorted; a folder of frames is a sequence of images).
+For each photo the faces are detected, aligned, restored in batches across
+photos (sharded over all local devices), and pasted back into the upscaled
+photo. Outputs, as the official command: cropped_faces/, restored_faces/,
+cmp/ (cropped | restored) and restored_imgs/ under `-o`; a video becomes
+restored_videos/NAME.mp4 at its frame rate, with its audio track.
 
-`--weights` takes an official `.pth` (arch detected), a converted checkpoint
-directory, or an export directory (`python -m gfpgan_jax.export`); with
-`--exported`, the export's serialized function runs instead of the module (with
-the dtype and noise mode it was exported with). Without `--input`, a face crop
-of scikit-image's bundled `astronaut()` photograph is restored. Without
-`--weights`, the released v1.3/v1.4 architecture runs with random weights: the
-pipeline runs end to end, but the output is not a restoration (say so loudly).
+Weights: `--weights` (an official .pth, a converted checkpoint or an export
+directory), else the official file of `-v` in `--model-dir` (default: the
+official experiments/pretrained_models and gfpgan/weights). With none at all
+everything still runs: the generator with RANDOM weights (warned loudly), the
+weight-free Haar detector, the square paste mask and the LANCZOS4 background.
+`--landmarks FILE.json` replaces detection with your own 5-point landmarks
+(format: `gfpgan_jax.faces.inputs.LandmarksFile`).
+
+Bad inputs (unreadable files, unsupported images, broken videos) are
+reported by name and the rest still run; images without a face are written
+through upscaled and counted. Outputs are written atomically.
 """
 
 import argparse
-import functools
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -29,128 +36,256 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from gfpgan_jax import export as export_lib
-from gfpgan_jax import inference
-from gfpgan_jax import xla_options
-from gfpgan_jax.convert import archs
-from gfpgan_jax.convert import checkpoint
-from gfpgan_jax.data import sources
+from gfpgan_jax.faces import batching
+from gfpgan_jax.faces import inputs as inputs_lib
+from gfpgan_jax.faces import networks
+from gfpgan_jax.faces import outputs as outputs_lib
+from gfpgan_jax.faces import pipeline as pipeline_lib
+from gfpgan_jax.faces import samples
+from gfpgan_jax.faces import timing
+from gfpgan_jax.faces import video as video_lib
 
 log = logging.getLogger('gfpgan_jax.restore')
 
 
-def sample_face() -> np.ndarray:
-  """A face crop of scikit-image's `astronaut()` photograph (ships with the package), uint8 [H, W, 3]."""
-  from skimage import data as skdata  # pylint: disable=g-import-not-at-top
-  return np.ascontiguousarray(skdata.astronaut()[10:250, 110:350])
-
-
-def _inputs(path: pathlib.Path | None) -> list[tuple[str, np.ndarray | None, str]]:
-  """(name, image or None, problem) for every file of a file or directory."""
-  if path is None:
-    return [('astronaut', sample_face(), '')]
-  if not path.exists():
-    raise FileNotFoundError(f'input not found: {path}')
-  if path.is_file():
-    files = [path]
-  else:  # every visible file: non-images are reported, not silently ignored
-    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith('.'))
-    if not files:
-      raise FileNotFoundError(f'no files in input directory {path}')
-  stems = [f.stem for f in files]
-  out = []
-  for f in files:
-    name = f.stem if stems.count(f.stem) == 1 else f.name.replace('.', '_')
-    try:
-      image, _ = sources.decode_image(f.read_bytes(), None, str(f))
-      out.append((name, image, ''))
-    except (OSError, sources.UnreadableImageError) as e:
-      out.append((name, None, str(e)))
-  return out
-
-
-def load_model(weights: str | None, dtype):
-  """(module, variables) from --weights, or the released arch with random weights."""
-  if weights is None:
-    log.warning('no --weights given: running the released GFPGANv1Clean architecture with RANDOM weights. '
-                'The outputs are NOT restorations; pass --weights (an official .pth or a converted checkpoint).')
-    module, _ = archs.build('gfpganv1clean', dtype=dtype)
-    return module, archs.init('gfpganv1clean', jax.random.key(0))
-  return checkpoint.load_generator(weights, dtype=dtype)
-
-
-def restore_fn(args):
-  """(`run(images, key) -> restored`, uint8 [N, S, S, 3] both; S) from the flags."""
-  if not args.exported:
-    module, variables = load_model(args.weights, jnp.dtype(args.dtype or 'float32'))
-    run = xla_options.jit(inference.make_restore_fn(module, randomize_noise=(args.noise or 'random') == 'random'))
-    return functools.partial(run, variables), module.out_size
-  if args.weights is None:
-    raise ValueError('--exported needs --weights EXPORT_DIR')
-  run, meta = export_lib.load_restore(args.weights)
-  for flag in ('dtype', 'noise'):
-    given = getattr(args, flag)
-    if given is not None and given != meta[flag]:
-      raise ValueError(f'--{flag} {given}: the export was made with --{flag} {meta[flag]} (drop --{flag}, '
-                       'or re-export)')
-  log.info('running the exported function of %s (dtype %s, noise %s)', args.weights, meta['dtype'], meta['noise'])
-  return run, meta['image_size']
-
-
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--weights', default=None, help='.pth, converted checkpoint dir or export dir')
-  p.add_argument('--input', type=pathlib.Path, default=None, help='image file or directory (default: built-in sample)')
-  p.add_argument('--output', type=pathlib.Path, required=True, help='output directory')
-  p.add_argument('--batch-size', type=int, default=4, help='faces per device batch')
-  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None, help='compute dtype (default float32)')
+  p.add_argument('-i', '--input', type=pathlib.Path, default=None,
+                 help='image, video or folder (default: a built-in group photo)')
+  p.add_argument('-o', '--output', type=pathlib.Path, default=pathlib.Path('results'), help='output folder')
+  p.add_argument('-v', '--version', choices=list(networks.VERSIONS), default=None,
+                 help='GFPGAN version (default 1.3): picks the architecture and the official weights file')
+  p.add_argument('-s', '--upscale', type=int, default=2, help='final upsampling scale of the image')
+  p.add_argument('--bg_upsampler', '--bg-upsampler', choices=['realesrgan', 'none'], default='realesrgan',
+                 help='background upsampler (Real-ESRGAN x2plus needs --bg-weights or RealESRGAN_x2plus.pth)')
+  p.add_argument('--bg-weights', '--bg_weights', default=None, help='RealESRGAN_x2plus.pth or a converted directory')
+  p.add_argument('--bg_tile', '--bg-tile', type=int, default=400, help='tile size of the background upsampler')
+  p.add_argument('--suffix', default=None, help='suffix of the restored faces and images')
+  p.add_argument('--only_center_face', '--only-center-face', action='store_true', help='restore only the center face')
+  p.add_argument('--aligned', action='store_true', help='the inputs are aligned faces')
+  p.add_argument('--ext', choices=['auto', 'png', 'jpg'], default='auto',
+                 help='image extension: auto (the input\'s), png or jpg')
+  p.add_argument('-w', '--weight', type=float, default=0.5, help='adjustable weight (a no-op for GFPGAN, as upstream)')
+  p.add_argument('--weights', default=None, help='generator: .pth, converted checkpoint dir or export dir')
+  p.add_argument('--model-dir', '--model_dir', default=None,
+                 help='folder with the official weight files (default: experiments/pretrained_models, gfpgan/weights)')
+  p.add_argument('--detector-weights', default=None, help='RetinaFace: detection_Resnet50_Final.pth or converted')
+  p.add_argument('--parser-weights', default=None, help='ParseNet: parsing_parsenet.pth or converted')
+  p.add_argument('--landmarks', type=pathlib.Path, default=None,
+                 help='JSON file of 5-point landmarks per input file, used instead of detection')
+  p.add_argument('--batch-size', type=int, default=None,
+                 help='faces per compiled batch over all devices (default: 4 per accelerator, 4 on the CPU; '
+                 'rounded up to a multiple of the device count)')
+  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default=None, help='generator compute dtype')
   p.add_argument('--noise', choices=['random', 'stored'], default=None,
-                 help='decoder noise: fresh per call (official; the default) or the stored buffers (deterministic)')
+                 help='decoder noise: fresh per face (official; the default) or the stored buffers (deterministic)')
   p.add_argument('--exported', action='store_true',
                  help='run the serialized function of the export directory given as --weights')
   p.add_argument('--seed', type=int, default=0, help='noise seed for --noise random')
+  return p
+
+
+def default_batch_size(mesh) -> int:
+  return 4 * mesh.size if jax.default_backend() != 'cpu' else 4
+
+
+def make_batcher(args, mesh) -> tuple[batching.FaceBatcher, str]:
+  """The FaceBatcher of the flags, and where its weights came from."""
+  batch = args.batch_size or default_batch_size(mesh)
+  parser, parser_src = networks.load_parser(args.parser_weights, networks.model_dirs(args.model_dir))
+  if args.exported:
+    from gfpgan_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+    if args.weights is None:
+      raise ValueError('--exported needs --weights EXPORT_DIR')
+    run, meta = export_lib.load_restore(args.weights)
+    for flag in ('dtype', 'noise'):
+      given = getattr(args, flag)
+      if given is not None and given != meta[flag]:
+        raise ValueError(f'--{flag} {given}: the export was made with --{flag} {meta[flag]} (drop --{flag}, '
+                         'or re-export)')
+    log.info('running the exported function of %s (dtype %s, noise %s)', args.weights, meta['dtype'], meta['noise'])
+    b = batching.FaceBatcher(None, batch_size=batch, mesh=mesh, seed=args.seed, parser=parser, exported=run,
+                             face_size=int(meta['image_size']))
+    return b, f'{args.weights} (exported)', parser_src
+  module, variables, src = networks.load_generator(
+      args.version or '1.3', args.weights, networks.model_dirs(args.model_dir), jnp.dtype(args.dtype or 'float32'),
+      version_given=args.version is not None)
+  b = batching.FaceBatcher((module, variables), batch_size=batch, mesh=mesh,
+                           randomize_noise=(args.noise or 'random') == 'random', seed=args.seed, parser=parser)
+  return b, src, parser_src
+
+
+def make_pipeline(args, batcher, mesh, timers) -> pipeline_lib.PhotoPipeline:
+  dirs = networks.model_dirs(args.model_dir)
+  detector = landmarks = None
+  if args.landmarks is not None and not args.aligned:
+    table = inputs_lib.LandmarksFile(args.landmarks)
+    landmarks = lambda item: table.lookup(item.source, item.frame)
+    log.info('faces: the landmarks of %s (%d entries)', args.landmarks, len(table.table))
+  elif not args.aligned:
+    from gfpgan_jax.faces import detect  # pylint: disable=g-import-not-at-top
+    weights = networks.find_detector(args.detector_weights, dirs)
+    kwargs = {} if weights is None else dict(mesh=mesh, batch_size=batching.round_batch(4, mesh))
+    detector = detect.load_detector(weights, **kwargs)
+    log.info('faces: %s', detect.describe(detector))
+  background = None
+  if not args.aligned:
+    bg, bg_src = networks.load_background(args.bg_upsampler, args.bg_weights, dirs)
+    if bg is not None:
+      background = pipeline_lib.Background(*bg, upscale=args.upscale, tile=args.bg_tile)
+      log.info('background: Real-ESRGAN from %s (tile %d)', bg_src, args.bg_tile)
+  return pipeline_lib.PhotoPipeline(batcher, detector=detector, landmarks=landmarks, upscale=args.upscale,
+                                    only_center_face=args.only_center_face, aligned=args.aligned,
+                                    background=background, timers=timers)
+
+
+class Run:
+  """Routes the pipeline's results to the image writer and the video sinks, and counts them."""
+
+  def __init__(self, args, writer: outputs_lib.OutputWriter):
+    self.args, self.writer = args, writer
+    self.images = self.faces = self.no_face = self.failed_faces = self.frames = 0
+    self.problems: list[str] = []
+    self.videos: list[str] = []
+    self.truncated: list[str] = []
+    self.sink = self.progress = None
+
+  def problem(self, msg: str) -> None:
+    log.error('skipped %s', msg)
+    self.problems.append(msg)
+
+  def video_start(self, item) -> None:
+    if item.error:
+      self.problem(item.error)
+      return
+    self.sink = video_lib.VideoSink(self.args.output, item.source, item.info)
+    self.progress = video_lib.Progress(item.source.key, item.info.get('frames'))
+    log.info('%s: %s frames at %.3g fps%s', item.source.key, item.info.get('frames') or '?', item.info['fps'],
+             f', audio {item.info["audio_codec"]}' if item.info.get('audio_codec') else '')
+
+  def video_end(self, item) -> None:
+    sink, self.sink = self.sink, None
+    if sink is None:
+      return
+    if item.error:
+      sink.abort()
+      self.problem(f'{item.error}; no output written')
+      return
+    try:
+      path, note = sink.finish()
+    except (OSError, RuntimeError, ValueError) as e:
+      self.problem(f'{item.source.key}: the video could not be written ({type(e).__name__}: {e})')
+      return
+    log.info('%s; wrote %s (%d frames, %s)', self.progress.line(), path, sink.frames, note)
+    expected, read = item.info.get('frames'), item.info.get('frames_read', 0)
+    if expected and read < expected - max(1, expected // 100):  # the container's count is often off by one
+      log.warning('%s: the video ended after %d of its %d frames (truncated?); the %d frames read were written',
+                  item.source.key, read, expected, read)
+      self.truncated.append(item.source.key)
+    self.videos.append(str(path))
+
+  def frame(self, result) -> None:
+    item = result.item
+    if self.sink is None:
+      return
+    image = result.image if not self.args.aligned else (result.restored[0] if len(result.restored) else None)
+    if image is None:  # keep the frame count: the frame upscaled as it is
+      import cv2  # pylint: disable=g-import-not-at-top
+      log.error('%s', result.error or f'{pipeline_lib.label(item)}: no output; the frame is written upscaled')
+      h, w = item.image.shape[:2]
+      image = cv2.resize(item.image, (int(w * self.args.upscale), int(h * self.args.upscale)),
+                         interpolation=cv2.INTER_LANCZOS4)
+    try:
+      self.sink.append(image)
+    except (OSError, ValueError, RuntimeError) as e:
+      self.problem(f'{item.source.key}: video encoding failed ({type(e).__name__}: {e})')
+      self.sink.abort()
+      self.sink = None
+      return
+    self.frames += 1
+    self.faces += len(result.restored)
+    self.failed_faces += result.failed_faces
+    self.progress.step()
+
+  def image(self, result) -> None:
+    item = result.item
+    if result.error:
+      self.problem(result.error)
+      return
+    self.images += 1
+    self.faces += len(result.restored)
+    self.failed_faces += result.failed_faces
+    if result.no_faces and not self.args.aligned:
+      self.no_face += 1
+      log.warning('%s: no face found; written through upscaled', item.source.key)
+    else:
+      log.info('%s: %d face(s)', item.source.key, len(result.restored))
+    self.writer.write(result, item.source.name, item.source.ext, item.source.key)
+
+  def route(self, result) -> None:
+    item = result.item
+    if item.marker == 'video_start':
+      self.video_start(item)
+    elif item.marker == 'video_end':
+      self.video_end(item)
+    elif item.source.kind == 'video':
+      self.frame(result)
+    else:
+      self.image(result)
+
+
+def main(argv=None) -> int:
+  p = build_parser()
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(message)s')
   log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
-  if args.batch_size < 1:
+  if args.batch_size is not None and args.batch_size < 1:
     p.error('--batch-size must be >= 1')
+  if args.upscale < 1:
+    p.error('-s/--upscale must be >= 1')
+  if args.bg_tile < 0:
+    p.error('--bg_tile must be >= 0')
+  timers = timing.Timers()
+  mesh = batching.local_mesh()
   try:
-    restore, size = restore_fn(args)
-    items = _inputs(args.input)
+    sources = inputs_lib.list_inputs(args.input, samples.group_photo)
+    batcher, g_src, p_src = make_batcher(args, mesh)
+    pipe = make_pipeline(args, batcher, mesh, timers)
   except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
     log.error('error: %s', e)
     return 2
-  for sub in ('restored', 'cmp'):
-    (args.output / sub).mkdir(parents=True, exist_ok=True)
-
-  good = []
-  for name, image, problem in items:
-    if image is None:
-      log.warning('skipped %s: %s', name, problem)
-      continue
-    if image.shape[:2] != (size, size):
-      log.info('%s: resized from %dx%d to %dx%d', name, image.shape[1], image.shape[0], size, size)
-      image = inference.resize_to(image, size)
-    good.append((name, image))
-
-  key = jax.random.key(args.seed)
-  start, done = time.perf_counter(), 0
-  for i in range(0, len(good), args.batch_size):
-    chunk = good[i:i + args.batch_size]
-    batch = np.zeros((args.batch_size, size, size, 3), np.uint8)  # fixed shape: one compile
-    batch[:len(chunk)] = np.stack([im for _, im in chunk])
-    out = np.asarray(restore(batch, jax.random.fold_in(key, i)))
-    for (name, lq), restored in zip(chunk, out):
-      Image.fromarray(restored).save(args.output / 'restored' / f'{name}.png')
-      Image.fromarray(np.concatenate([lq, restored], axis=1)).save(args.output / 'cmp' / f'{name}.png')
-    done += len(chunk)
+  if args.input is None:
+    log.info('no -i given: restoring the built-in group photo (%d faces composed from scikit-image\'s astronaut())',
+             samples.SAMPLE_FACES)
+  log.info('generator: %s (%d px faces, batch %d over %d device(s)); paste mask: %s', g_src, batcher.face_size,
+           batcher.batch_size, mesh.size, f'ParseNet from {p_src}' if p_src else 'square')
+  writer = outputs_lib.OutputWriter(args.output, suffix=args.suffix, ext=args.ext, timers=timers)
+  run = Run(args, writer)
+  start = time.perf_counter()
+  items = inputs_lib.read_items(sources, video_lib.frames, timers=timers)
+  try:
+    for result in pipe.run(items):
+      run.route(result)
+  finally:
+    writer.close()
+    if run.sink is not None:
+      run.sink.abort()
   elapsed = time.perf_counter() - start
-  skipped = len(items) - len(good)
-  log.info('restored %d face(s) into %s in %.1f s (first batch includes compilation)%s', done, args.output, elapsed,
-           f'; skipped {skipped} unreadable file(s)' if skipped else '')
-  return 0 if done or not items else 1
+  for msg in writer.errors:
+    run.problems.append(msg)
+  n_img = run.images + run.frames
+  log.info('restored %d face(s) in %d image(s)%s into %s in %.1f s (%.2f images/s, first batch includes '
+           'compilation)', run.faces, run.images, f' and {run.frames} video frame(s)' if run.frames else '',
+           args.output, elapsed, n_img / elapsed if elapsed else 0)
+  if run.no_face:
+    log.info('%d image(s) had no face and were written through upscaled', run.no_face)
+  if run.failed_faces:
+    log.warning('%d face(s) failed to restore and were written as cropped', run.failed_faces)
+  if run.problems:
+    log.warning('%d input(s) skipped: %s', len(run.problems), '; '.join(run.problems))
+  log.info('time: %s', timers.line())
+  return 0 if n_img or not sources else 1
 
 
 if __name__ == '__main__':

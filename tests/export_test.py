@@ -297,10 +297,11 @@ def test_restore_reads_an_export_dir(clean, tmp_path, exported):
   face = _images(1, seed=3)[0]
   Image.fromarray(face).save(tmp_path / 'face.png')
   dst = tmp_path / 'restored'
-  argv = ['--weights', str(out), '--input', str(tmp_path / 'face.png'), '--output', str(dst), '--batch-size', '1']
+  argv = ['--weights', str(out), '--input', str(tmp_path / 'face.png'), '--output', str(dst), '--batch-size', '1',
+          '--aligned']
   argv += ['--exported'] if exported else ['--noise', 'stored']
   assert restore.main(argv) == 0
-  got = np.asarray(Image.open(dst / 'restored' / 'face.png'))
+  got = np.asarray(Image.open(dst / 'restored_faces' / 'face_00.png'))
   # The restore command compiles with gfpgan_jax's compiler options (both paths): so does the reference.
   want = _module_restore('gfpganv1clean', CLEAN, variables, face[None], compiler_options=xla_options.compiler_options())
   np.testing.assert_array_equal(got, want[0])

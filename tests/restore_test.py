@@ -45,18 +45,19 @@ def test_restore_folder(ckpt, tmp_path, caplog):
   out = tmp_path / 'out'
   with caplog.at_level(logging.INFO):
     rc = restore.main(['--weights', str(path), '--input', str(src), '--output', str(out), '--batch-size', '3',
-                       '--noise', 'stored'])
+                       '--noise', 'stored', '--aligned'])
   assert rc == 0
-  assert sorted(p.name for p in (out / 'restored').iterdir()) == ['a.png', 'gray_big.png']
+  assert sorted(p.name for p in (out / 'restored_faces').iterdir()) == ['a_00.png', 'gray_big_00.png']
+  assert not (out / 'restored_imgs').exists()  # aligned faces are not pasted back
   assert 'skipped broken' in caplog.text and 'skipped notes' in caplog.text
-  assert 'gray_big: resized from 80x100 to 64x64' in caplog.text
-  cmp = np.asarray(Image.open(out / 'cmp' / 'a.png'))
+  assert 'gray_big.jpg: resized from 80x100 to 64x64' in caplog.text
+  cmp = np.asarray(Image.open(out / 'cmp' / 'a_00.png'))
   assert cmp.shape == (64, 128, 3)
   np.testing.assert_array_equal(cmp[:, :64], face)
   # The written image is the module's output, clamped and rounded (stored noise: deterministic).
   module, _ = archs.build('gfpganv1clean', **KW)
   expected = inference.make_restore_fn(module, randomize_noise=False)(variables, face[None], jax.random.key(0))[0]
-  got = np.asarray(Image.open(out / 'restored' / 'a.png')).astype(int)
+  got = np.asarray(Image.open(out / 'restored_faces' / 'a_00.png')).astype(int)
   diff = np.abs(got - np.asarray(expected, int))
   # Equal up to a rare one-level rounding flip: XLA's float sums depend on the batch size (3 here).
   assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3
@@ -70,8 +71,9 @@ def test_random_noise_is_seeded(ckpt, tmp_path):
   outs = []
   for seed in (0, 0, 1):
     out = tmp_path / f'o{len(outs)}'
-    assert restore.main(['--weights', str(path), '--input', str(src), '--output', str(out), '--seed', str(seed)]) == 0
-    outs.append(np.asarray(Image.open(out / 'restored' / 'f.png')))
+    argv = ['--weights', str(path), '--input', str(src), '--output', str(out), '--seed', str(seed), '--aligned']
+    assert restore.main(argv) == 0
+    outs.append(np.asarray(Image.open(out / 'restored_faces' / 'f_00.png')))
   np.testing.assert_array_equal(outs[0], outs[1])
   assert np.any(outs[0] != outs[2])
 
