@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help='folder with the official weight files (default: experiments/pretrained_models, gfpgan/weights)')
   p.add_argument('--detector-weights', default=None, help='RetinaFace: detection_Resnet50_Final.pth or converted')
   p.add_argument('--parser-weights', default=None, help='ParseNet: parsing_parsenet.pth or converted')
+  p.add_argument('--detect-size', '--detect_size', type=int, default=None,
+                 help='resize the shorter side to this for RetinaFace (facexlib\'s resize=, e.g. 640; default: the '
+                 'original size, as gfpgan 1.3.8\'s GFPGANer)')
   p.add_argument('--landmarks', type=pathlib.Path, default=None,
                  help='JSON file of 5-point landmarks per input file, used instead of detection')
   p.add_argument('--batch-size', type=int, default=None,
@@ -90,8 +93,8 @@ def default_batch_size(mesh) -> int:
   return 4 * mesh.size if jax.default_backend() != 'cpu' else 4
 
 
-def make_batcher(args, mesh) -> tuple[batching.FaceBatcher, str]:
-  """The FaceBatcher of the flags, and where its weights came from."""
+def make_batcher(args, mesh) -> tuple[batching.FaceBatcher, str, str | None]:
+  """The FaceBatcher of the flags, where its weights came from, and where the parser's came from."""
   batch = args.batch_size or default_batch_size(mesh)
   parser, parser_src = networks.load_parser(args.parser_weights, networks.model_dirs(args.model_dir))
   if args.exported:
@@ -126,7 +129,8 @@ def make_pipeline(args, batcher, mesh, timers) -> pipeline_lib.PhotoPipeline:
   elif not args.aligned:
     from gfpgan_jax.faces import detect  # pylint: disable=g-import-not-at-top
     weights = networks.find_detector(args.detector_weights, dirs)
-    kwargs = {} if weights is None else dict(mesh=mesh, batch_size=batching.round_batch(4, mesh))
+    kwargs = {} if weights is None else dict(mesh=mesh, batch_size=batching.round_batch(4, mesh),
+                                             detect_size=args.detect_size)
     detector = detect.load_detector(weights, **kwargs)
     log.info('faces: %s', detect.describe(detector))
   background = None
@@ -244,6 +248,8 @@ def main(argv=None) -> int:
     p.error('--batch-size must be >= 1')
   if args.upscale < 1:
     p.error('-s/--upscale must be >= 1')
+  if args.detect_size is not None and args.detect_size < 16:
+    p.error('--detect-size must be >= 16 (the shorter side in pixels)')
   if args.bg_tile < 0:
     p.error('--bg_tile must be >= 0')
   timers = timing.Timers()

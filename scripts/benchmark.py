@@ -16,7 +16,7 @@ import json
 import pathlib
 import sys
 
-SUBCOMMANDS = ('infer', 'data', 'train', 'detect', 'parse', 'upsample', 'restoreformer')
+SUBCOMMANDS = ('infer', 'data', 'train', 'detect', 'parse', 'upsample', 'restoreformer', 'photo')
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Restores (and parses) aligned faces in fixed-size batches, sharded over the local devices.
 
 `FaceBatcher` runs the generator on batches of `batch_size` faces (the last
-one padded), one compilation per face size. The batch is split over a 1-D
+one padded to a power-of-two bucket), one compilation per face size and bucket. The batch is split over a 1-D
 device mesh ('faces': every local device) with `NamedSharding`; the weights
 are replicated. With a face parser (ParseNet) the restored faces stay on the
 device and are parsed in the same batch: only the class maps ([N, 512, 512]
@@ -157,8 +157,17 @@ class FaceBatcher:
   def has_parser(self) -> bool:
     return self._parser is not None
 
+  def bucket(self, n: int) -> int:
+    """The padded size of a batch of n faces: the next power of two (a multiple of the mesh), at most batch_size.
+
+    Full batches are `batch_size`; a last, partial one (the end of the input)
+    is padded only to its bucket, so a single photo's few faces do not pay
+    for a whole batch. One compilation per bucket.
+    """
+    return min(self.batch_size, round_batch(1 << max(int(n) - 1, 0).bit_length(), self.mesh))
+
   def _pad(self, faces: np.ndarray, first_index: int) -> tuple[jax.Array, jax.Array]:
-    n, b = len(faces), self.batch_size
+    n, b = len(faces), self.bucket(len(faces))
     batch = np.zeros((b,) + faces.shape[1:], np.uint8)
     batch[:n] = faces
     indices = np.arange(first_index, first_index + b, dtype=np.int32)
