@@ -19,6 +19,9 @@ from gfpgan_jax.faces import paste as paste_lib
 from gfpgan_jax.testing import official_faces
 
 PSNR_MIN = 45.0
+# The cv2-exact warps reproduce OpenCV 5's fixed-point rounding; OpenCV 4's warpAffine rounds differently (measured:
+# 55-67 dB against facexlib run on OpenCV 4), so there only the PSNR bar of the issue holds.
+EXACT_CV2 = int(cv2.__version__.split('.')[0]) >= 5
 ASTRONAUT_LANDMARKS = np.array([[[180.5, 105.2], [232.1, 103.8], [208.3, 135.6], [186.9, 160.1], [229.4, 158.7]]])
 
 
@@ -128,7 +131,8 @@ def compare(image, landmarks, upscale, use_parse, seed, logits_as='logits', back
   np.testing.assert_array_equal(F.inverse_affines(affines, upscale)[:, :, 2], ref_inv[:, :, 2] + extra)
   assert crops.dtype == ref_crops.dtype and out.dtype == ref_out.dtype and out.shape == ref_out.shape
   assert min(crop_psnr) >= PSNR_MIN and stats['out_psnr'] >= PSNR_MIN, stats
-  assert stats['crop_maxdiff'] <= 1 and stats['out_maxdiff'] <= 2, stats
+  if EXACT_CV2:
+    assert stats['crop_maxdiff'] <= 1 and stats['out_maxdiff'] <= 2, stats
   return crops, out, ref_out
 
 
