@@ -122,8 +122,9 @@ def compare(image, landmarks, upscale, use_parse, seed, logits_as='logits', back
     masks = logits.transpose(0, 2, 3, 1) if logits_as == 'logits' else logits.argmax(1).astype(np.int32)
   out = F.paste_faces(image, restored, affines, upscale, parse_masks=masks, background=background)
   crop_psnr = [psnr(a, b) for a, b in zip(crops, ref_crops)]
-  stats = dict(crop_psnr=min(crop_psnr), crop_maxdiff=max_diff(crops, ref_crops), out_psnr=psnr(out, ref_out),
-               out_maxdiff=max_diff(out, ref_out))
+  peak = 65535.0 if out.dtype == np.uint16 else 255.0  # a 16-bit background gives a 16-bit output
+  stats = dict(crop_psnr=min(crop_psnr), crop_maxdiff=max_diff(crops, ref_crops),
+               out_psnr=psnr(out, ref_out, peak=peak), out_maxdiff=max_diff(out, ref_out))
   print(f'upscale={upscale} parse={use_parse} face_size={face_size}: {stats}')
   np.testing.assert_array_equal(affines, ref_aff)
   np.testing.assert_array_equal(F.inverse_affines(affines, upscale)[:, :, :2], ref_inv[:, :, :2])
