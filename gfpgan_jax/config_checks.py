@@ -223,10 +223,10 @@ def check_loss_networks(config):
 def validate(config: ml_collections.ConfigDict):
   """Raises ConfigError naming the bad value; runs before any data is read, state built or code compiled."""
   _check_values(config)
-  _check_devices(config)
-  _check_model(config)
   check_init_paths(config)
   check_loss_networks(config)
+  _check_model(config)
+  _check_devices(config)
 
 
 # ------------------------------------------------------------------------------

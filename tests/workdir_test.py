@@ -44,7 +44,7 @@ def _env():
 
 @contextlib.contextmanager
 def _holder(workdir, fork=False):
-  """A subprocess (own process group, killed on exit) holding the workdir's lock; yields (proc, holder pid, child pid)."""
+  """A subprocess (own process group, killed on exit) holding the lock; yields (proc, holder pid, child pid)."""
   args = [sys.executable, '-c', _HOLD, str(workdir)] + (['fork'] if fork else [])
   proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
