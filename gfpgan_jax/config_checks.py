@@ -271,10 +271,7 @@ def _has_checkpoints(workdir: pathlib.Path) -> bool:
 
 
 def _fmt(v) -> str:
-  return '(absent)' if v is _ABSENT else json.dumps(v)
-
-
-_ABSENT = object()
+  return json.dumps(v)
 
 
 class ResumeCheck:
@@ -293,8 +290,7 @@ class ResumeCheck:
     if not self.changes:
       return
     row = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-           'changes': {k: [None if a is _ABSENT else a, None if b is _ABSENT else b]
-                       for k, (a, b) in self.changes.items()},
+           'changes': {k: [a, b] for k, (a, b) in self.changes.items()},
            'kinds': {k: field_kind(k) for k in self.changes},
            'previous_config': self.previous}
     with open(pathlib.Path(workdir) / CHANGES_FILE, 'a', encoding='utf-8') as f:
@@ -305,8 +301,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                  allow_config_change: bool = False) -> ResumeCheck:
   """Compares `config` with WORKDIR/config.json when WORKDIR holds checkpoints; writes nothing.
 
-  Fields new in `config` (absent from the stored file, e.g. added by a newer
-  version) are not changes.
+  Only fields in both are compared: a field only in `config` was added by a
+  newer version, one only in the file is no longer read.
 
   Raises:
     ConfigError: an architecture change (always), or a data-stream change
@@ -322,8 +318,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     raise ConfigError(f'{stored_file} is unreadable ({type(e).__name__}: {e}); it records the config of the '
                       f'checkpoints in {workdir / CHECKPOINT_DIR}: restore it, or start a new --workdir') from None
   old, new = flatten(previous), flatten(_json_dict(config))
-  changes = {k: (old.get(k, _ABSENT), v) for k, v in new.items() if k in old and old[k] != v}
-  changes.update({k: (v, _ABSENT) for k, v in old.items() if k not in new})
+  changes = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
 
   def listing(kind):
     return ', '.join(f'{k}: {_fmt(a)} -> {_fmt(b)}' for k, (a, b) in sorted(changes.items()) if field_kind(k) == kind)

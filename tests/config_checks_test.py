@@ -112,6 +112,10 @@ def test_full_recipe_needs_pretrained_loss_networks(tmp_path):
   with pytest.raises(config_checks.ConfigError, match='need pretrained loss networks'):
     trainer.train_and_evaluate(_parse(variant=None), tmp_path / 'w')
   assert not (tmp_path / 'w').exists()
+  config = _parse('--config.init.decoder=/nonexistent/prior.pth')  # tiny: missing init files, nothing written
+  with pytest.raises(config_checks.ConfigError, match='pretrained weights not found'):
+    trainer.train_and_evaluate(config, tmp_path / 'w')
+  assert not (tmp_path / 'w').exists()
   # Only the networks a loss uses are asked for; given files (or the opt-in) pass.
   (tmp_path / 'vgg19-dcbb9e9d.pth').write_bytes(b'')
   (tmp_path / 'arcface_resnet18.pth').write_bytes(b'')
