@@ -50,14 +50,11 @@ def _resolve_demo_data(config: ml_collections.ConfigDict, workdir: pathlib.Path)
   """`data.source='demo'`: write the built-in faces into WORKDIR/demo_data and read them as a folder."""
   if config.data.source != 'demo':
     return config
-  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
   if jax.process_index() == 0:
     demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)
   _barrier('demo_data')
-  paths = demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)
-  config.data.update(source='folder', train_dir=paths['train_dir'], eval_dir=paths['eval_dir'],
-                     landmarks_path=paths['landmarks_path'], landmarks_resolution=512)
-  return config
+  demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)  # idempotent
+  return _demo_resolved_view(config, workdir)
 
 
 def _barrier(name: str):
@@ -257,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _demo_resolved_view(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  """The config as `_resolve_demo_data` will make it, without writing the demo data (for the resume check)."""
+  """The config as `_resolve_demo_data` makes it (an unlocked copy), without writing the demo data."""
   if config.data.source != 'demo':
     return config
   config = ml_collections.ConfigDict(config.to_dict())
@@ -276,7 +273,7 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
   if is_main:
     resume.record(workdir)
     for line in resume.describe():
-      log.info('config change on resume: %s', line)
+      (log.warning if '(data stream)' in line else log.info)('config change on resume: %s', line)
     config_checks.write_config(workdir, config)
     checkpointing.write_model_info(workdir, nets.g_arch, nets.g_kwargs)
     writer.write_text('config', '```\n' + str(config) + '\n```')

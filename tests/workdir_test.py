@@ -195,7 +195,8 @@ def test_refused_config_change_writes_nothing_and_restore_still_works(first_run,
     with pytest.raises(config_checks.ConfigError) as e:
       trainer.train_and_evaluate(config, wd, allow_config_change=allow)
     message = str(e.value)
-    assert '\n' not in message and all(f in message for f in fields), message
+    assert '\n' not in message and ', '.join(fields) in message, message  # those fields, and only those
+    assert message.count(' -> ') == len(fields), message
     assert ('--allow_config_change' in message) == (not allowed)
   assert (wd / 'model.json').read_bytes() == model_json and (wd / 'config.json').read_bytes() == config_json
   assert _snapshot(wd) == before and not (wd / config_checks.CHANGES_FILE).exists()
