@@ -10,8 +10,9 @@ Variants (`--config configs/ffhq.py:NAME`):
 
 * `demo`: the README's main job. A small model on the built-in faces of
   scikit-image (`gfpgan_jax/data/demo.py`), 64 px, all losses, a few minutes on
-  2 CPU cores; random VGG/ArcFace weights (none can be downloaded).
-* `tiny`: a 32 px smoke configuration for tests.
+  2 CPU cores; random VGG/ArcFace weights (none can be downloaded), opted in
+  with `init.allow_random_loss_networks`.
+* `tiny`: a 32 px smoke configuration for tests (random VGG/ArcFace too).
 * `clean`: the v1.2-v1.4 architecture (GFPGANv1Clean, channel_multiplier 2);
   those models were trained from unreleased bilinear checkpoints, so this is
   an extrapolation of the recipe (gfpgan.md 3.7).
@@ -103,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   i.d_mouth = ''
   i.arcface = ''  # identity network (arcface_resnet18.pth); frozen
   i.vgg19 = ''  # perceptual network (torchvision vgg19-dcbb9e9d.pth); frozen
+  # With vgg19/arcface empty the run stops before compiling (random loss networks make it meaningless),
+  # unless this opts in to RANDOM ones (the demo and tiny variants, which have nothing to download).
+  i.allow_random_loss_networks = False
 
   # --------------------------------------------------------------- losses ----
   config.loss = lc = ml_collections.ConfigDict()
@@ -165,6 +169,7 @@ def _small(config: ml_collections.ConfigDict, arg: str):
   res = 64 if demo else 32
   config.total_steps = 200 if demo else 3
   config.data.source = 'demo'  # built-in faces written into WORKDIR/demo_data
+  config.init.allow_random_loss_networks = True  # no VGG19/ArcFace weights can be downloaded for the demo
   config.data.resolution = res
   config.data.batch_size = 4 if demo else 8
   config.data.eval_batch_size = 8

@@ -14,6 +14,7 @@ SLURM jobs; elsewhere pass --coordinator_address, --num_processes and
 
 import logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -26,6 +27,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-process runs).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume even though the data stream changed (seeds, batch size, training '
+    'sources); the change is recorded in WORKDIR/config_changes.jsonl. Architecture changes are always refused.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -51,8 +55,30 @@ def main(argv):
   from gfpgan_jax import trainer  # pylint: disable=g-import-not-at-top
   logging.getLogger('gfpgan_jax.train').info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from gfpgan_jax import config_checks, workdir_lock  # pylint: disable=g-import-not-at-top
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except (config_checks.ConfigError, workdir_lock.WorkdirLockedError) as e:
+    sys.exit(f'gfpgan_jax.train: error: {e}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a bad flag or `--config.FIELD=VALUE` (unknown field, wrong type) is one line, exit 1."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'gfpgan_jax.train: error: {e}. Pass --helpfull to see the flags.')
+  except (AttributeError, KeyError) as e:  # config_flags: an unknown (nested) config field
+    text = str(e.args[0] if e.args else e).replace('\\n', '\n').replace("\\'", "'")
+    key, _, hint = text.partition('\n')
+    key, hint = key.strip(QUOTES), hint.strip(QUOTES)
+    bad = [a.partition('=')[0] for a in argv[1:] if a.startswith('--config.') and f'.{key}' in a.partition('=')[0]]
+    sys.exit(f'gfpgan_jax.train: error: unknown config field {key!r} in {bad[0] if bad else "--config"}'
+             + (f'; {hint}' if hint else ''))
+
+
+QUOTES = ' "\''
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 
 from gfpgan_jax import checkpointing
+from gfpgan_jax import config_checks
 from gfpgan_jax import metrics_io
 from gfpgan_jax import optim
 from gfpgan_jax import sharding
 from gfpgan_jax import steps
 from gfpgan_jax import train_state as ts
+from gfpgan_jax import workdir_lock
 from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint as ckpt_lib
@@ -40,49 +42,19 @@ PyTree = Any
 
 
 def validate_config(config: ml_collections.ConfigDict):
-  """Raises ValueError naming the bad value; runs before any data is read or code compiled."""
-
-  def positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'config.{name} must be a positive integer, got {value!r}')
-
-  for name in ('total_steps', 'log_every_steps', 'image_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
-               'keep_checkpoints', 'data.batch_size', 'data.eval_batch_size', 'loss.d_reg_every'):
-    positive_int(name, functools.reduce(getattr, name.split('.'), config))
-  ts.compute_dtype(config)
-  n_dev, n_proc = jax.device_count(), jax.process_count()
-  for name in ('batch_size', 'eval_batch_size'):
-    b = config.data[name]
-    if b % n_dev:
-      raise ValueError(f'config.data.{name}={b} is not divisible by the {n_dev} devices')
-    if b % n_proc:
-      raise ValueError(f'config.data.{name}={b} is not divisible by the {n_proc} processes')
-  group = min(config.data.batch_size, config.model.discriminator_kwargs.get('stddev_group', 4))
-  if config.data.batch_size % group:
-    raise ValueError(f'config.data.batch_size={config.data.batch_size} is not divisible by the minibatch-stddev '
-                     f'group {group}')
-  for size in (config.loss.eye_size, config.loss.mouth_size):
-    if size % 4:
-      raise ValueError(f'component patch sizes must be multiples of 4, got {size}')
-  if config.model.use_components and not config.data.crop_components:
-    raise ValueError('config.model.use_components needs config.data.crop_components (the eye/mouth boxes)')
-  if config.data.source not in ('folder', 'tfds', 'demo'):
-    raise ValueError(f"config.data.source must be 'folder', 'tfds' or 'demo', got {config.data.source!r}")
-  ts.vgg_layer_names(config)
+  """Raises ConfigError (a ValueError) naming the bad value; runs before any data is read or code compiled."""
+  config_checks.validate(config)
 
 
 def _resolve_demo_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
   """`data.source='demo'`: write the built-in faces into WORKDIR/demo_data and read them as a folder."""
   if config.data.source != 'demo':
     return config
-  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
   if jax.process_index() == 0:
     demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)
   _barrier('demo_data')
-  paths = demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)
-  config.data.update(source='folder', train_dir=paths['train_dir'], eval_dir=paths['eval_dir'],
-                     landmarks_path=paths['landmarks_path'], landmarks_resolution=512)
-  return config
+  demo.write_demo_dataset(workdir / 'demo_data', config.data.resolution, seed=config.seed)  # idempotent
+  return _demo_resolved_view(config, workdir)
 
 
 def _barrier(name: str):
@@ -245,31 +217,64 @@ def _learning_rates(state: ts.TrainState) -> dict[str, jax.Array]:
 # ------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> tuple[ts.TrainState, dict[str, Any]]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       allow_config_change: bool = False) -> tuple[ts.TrainState, dict[str, Any]]:
   """Trains (or resumes) in `workdir` up to `config.total_steps`.
+
+  The workdir is locked for the whole run (`workdir_lock`: a second run fails
+  at once). A resume is checked against the stored config.json before anything
+  is written (`config_checks.check_resume`).
+
+  Args:
+    config: the training config (configs/ffhq.py).
+    workdir: checkpoints, logs and samples.
+    allow_config_change: accept a resume that changes the data stream (seeds,
+      batch size, sources); the change is recorded in config_changes.jsonl.
 
   Returns:
     (final state, info): info holds 'step' (the last completed step) and
     'compiles' (how many times each jitted step was compiled).
+
+  Raises:
+    config_checks.ConfigError: a bad config or a refused change (nothing written).
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
   """
   workdir = pathlib.Path(workdir).absolute()
   validate_config(config)
   workdir.mkdir(parents=True, exist_ok=True)
-  config = _resolve_demo_data(config, workdir)
-  mesh = sharding.make_mesh(config)
-  with jax.set_mesh(mesh):  # the context mesh lets batch-local ops (the FFT blur) use shard_map
-    return _train(config, workdir, mesh)
+  lock = workdir_lock.lock_for_run(workdir)
+  try:
+    resume = config_checks.check_resume(_demo_resolved_view(config, workdir), workdir, allow_config_change)
+    config = _resolve_demo_data(config, workdir)
+    mesh = sharding.make_mesh(config)
+    with jax.set_mesh(mesh):  # the context mesh lets batch-local ops (the FFT blur) use shard_map
+      return _train(config, workdir, mesh, resume)
+  finally:
+    lock.release()
 
 
-def _train(config, workdir, mesh):
+def _demo_resolved_view(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config as `_resolve_demo_data` makes it (an unlocked copy), without writing the demo data."""
+  if config.data.source != 'demo':
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  root = workdir / 'demo_data'
+  config.data.update(source='folder', train_dir=str(root / 'train'), eval_dir=str(root / 'eval'),
+                     landmarks_path=str(root / 'landmarks.json'), landmarks_resolution=512)
+  return config
+
+
+def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
   """The body of `train_and_evaluate`, under the context mesh."""
   nets = ts.build_networks(config)
   train_iter = input_pipeline.make_train_iterator(config)  # fails fast on missing data
   is_main = jax.process_index() == 0
   writer = metrics_io.MetricWriter(workdir, enabled=is_main)
   if is_main:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    resume.record(workdir)
+    for line in resume.describe():
+      (log.warning if '(data stream)' in line else log.info)('config change on resume: %s', line)
+    config_checks.write_config(workdir, config)
     checkpointing.write_model_info(workdir, nets.g_arch, nets.g_kwargs)
     writer.write_text('config', '```\n' + str(config) + '\n```')
   ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.async_checkpoints)
