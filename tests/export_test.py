@@ -6,7 +6,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 
 from flax import traverse_util
@@ -31,6 +30,7 @@ from gfpgan_jax.convert import cli
 from gfpgan_jax.convert import pth
 from gfpgan_jax.convert import state_dict as sd_lib
 from gfpgan_jax.testing import parity
+from gfpgan_jax.testing import procs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A small GFPGANv1Clean (released options otherwise: input_is_latent, different_w, sft_half).
@@ -204,8 +204,8 @@ images = np.load({str(tmp_path / 'images.npy')!r})
 assert not [m for m in sys.modules if m.split('.')[0] == 'gfpgan_jax']
 np.save({str(tmp_path / 'restored.npy')!r}, np.asarray(restored))
 '''
-  proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=_subprocess_env(), capture_output=True,
-                        text=True, timeout=300, check=False)
+  proc = procs.run([sys.executable, '-c', script], cwd=tmp_path, env=_subprocess_env(), capture_output=True,
+                   text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_array_equal(np.load(tmp_path / 'restored.npy'),
                                 _module_restore('gfpganv1clean', CLEAN, variables, images))
@@ -218,8 +218,8 @@ def test_export_from_a_workdir_takes_the_g_ema_on_a_one_device_machine(workdir, 
   wd, kwargs, saved = workdir
   out = tmp_path / 'from_workdir'
   # A fresh one-device process (the workdir was saved sharded over 8 devices: "train on pods, serve elsewhere").
-  proc = subprocess.run([sys.executable, '-m', 'gfpgan_jax.export', '--from', str(wd), '--output', str(out)],
-                        cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+  proc = procs.run([sys.executable, '-m', 'gfpgan_jax.export', '--from', str(wd), '--output', str(out)],
+                   cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   meta = checkpoint.read_meta(out)
   assert (meta['source_kind'], meta['source_step'], meta['arch']) == ('workdir', STEPS[-1], 'gfpganv1')
@@ -272,9 +272,9 @@ def test_export_to_pth_loads_strictly_in_the_official_class(official, clean, wor
     if source == 'workdir_export':
       directory = export_lib.export(wd, tmp_path / 'export', platforms=('cpu',))
   out = tmp_path / 'G.pth'
-  proc = subprocess.run([sys.executable, 'scripts/convert_jax_to_torch.py', '--input', str(directory), '--output',
-                         str(out)], cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300,
-                        check=False) if source == 'workdir' else None
+  proc = procs.run([sys.executable, 'scripts/convert_jax_to_torch.py', '--input', str(directory), '--output',
+                    str(out)], cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300,
+                   check=False) if source == 'workdir' else None
   if proc is None:
     cli.jax_to_torch(['--input', str(directory), '--output', str(out)])
   else:

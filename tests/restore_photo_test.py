@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import pathlib
-import subprocess
 import sys
 
 import cv2
@@ -26,6 +25,7 @@ from gfpgan_jax.faces import batching
 from gfpgan_jax.faces import inputs as inputs_lib
 from gfpgan_jax.faces import pipeline as pipeline_lib
 from gfpgan_jax.testing import composed
+from gfpgan_jax.testing import procs
 
 KW = dict(out_size=64, channel_multiplier=1, narrow=0.25)
 S = 64
@@ -200,8 +200,8 @@ def test_no_weights_default_runs_on_the_builtin_photo(tmp_path):
   """`python -m gfpgan_jax.restore -o out`: random generator, Haar detection, square mask, LANCZOS background."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path(jax.config.jax_compilation_cache_dir)))
-  proc = subprocess.run([sys.executable, '-m', 'gfpgan_jax.restore', '-o', str(tmp_path / 'out')], cwd=tmp_path,
-                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  proc = procs.run([sys.executable, '-m', 'gfpgan_jax.restore', '-o', str(tmp_path / 'out')], cwd=tmp_path,
+                   env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   log_text = proc.stderr + proc.stdout
   assert 'RANDOM weights' in log_text and 'HaarDetector' in log_text and 'square erosion mask' in log_text
