@@ -71,14 +71,42 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 NOISE_MODES = ('stored', 'random')
 DTYPES = ('float32', 'bfloat16')
 
-# The lines the README shows (README.md "Serving" and DIR/README.txt): plain JAX + Orbax, no gfpgan_jax.
-LOAD_SNIPPET = """\
+# What serving code needs (README.md "Serving" and DIR/README.txt): `jax.export` deserialization imports
+# flatbuffers, which jax does not depend on. No gfpgan_jax.
+SERVING_PACKAGES = ('jax', 'orbax-checkpoint', 'flatbuffers')
+INSTALL_LINE = 'pip install ' + ' '.join(SERVING_PACKAGES)
+README_EXPORT_DIR = 'exports/v1.4'  # the path README.md's snippet shows
+
+
+def load_snippet(export_dir: str | None = None, noise: str = 'stored') -> str:
+  """The plain-JAX lines that load and call an export (README.md "Serving" and DIR/README.txt).
+
+  They run as they are: they make their own example batch, and the path is
+  absolute (Orbax refuses relative ones).
+
+  Args:
+    export_dir: the export's absolute path; None: README.md's
+      `os.path.abspath('exports/v1.4')`.
+    noise: the export's noise mode ('random' calls it with a seed).
+
+  Returns:
+    Python source, ending in a newline.
+  """
+  where = (f'os.path.abspath({README_EXPORT_DIR!r})   # Orbax needs an absolute path' if export_dir is None
+           else f'{str(export_dir)!r}')
+  call = ('restore.call(variables, images, np.uint32(0))   # uint8 [B, S, S, 3]; fresh noise per uint32 seed'
+          if noise == 'random' else 'restore.call(variables, images)   # uint8 [B, S, S, 3], deterministic')
+  return f"""\
+import os
 import jax, numpy as np, orbax.checkpoint as ocp
 
-export_dir = 'exports/v1.4'
-restore = jax.export.deserialize(open(f'{export_dir}/restore.jax_exported', 'rb').read())
-variables = jax.device_put(ocp.StandardCheckpointer().restore(f'{export_dir}/variables'))
-restored = restore.call(variables, images)   # uint8 [B, S, S, 3] -> uint8 [B, S, S, 3], any B
+export_dir = {where}
+with open(os.path.join(export_dir, 'restore.jax_exported'), 'rb') as f:
+  restore = jax.export.deserialize(f.read())
+variables = jax.device_put(ocp.StandardCheckpointer().restore(os.path.join(export_dir, 'variables')))
+size = restore.out_avals[0].shape[1]              # S: 512 for the released models
+images = np.zeros((2, size, size, 3), np.uint8)   # your faces: uint8 RGB [B, S, S, 3], any B
+restored = {call}
 """
 
 
@@ -186,19 +214,18 @@ def export_restore_fn(module, variables: dict[str, Any], noise: str = 'stored',
 
 
 def readme_text(meta: dict[str, Any]) -> str:
-  """The DIR/README.txt of an export with metadata `meta`."""
+  """The DIR/README.txt of an export with metadata `meta` (and its absolute path, `meta['export_dir']`)."""
   s = meta['image_size']
-  call = ('restore.call(variables, images, np.uint32(seed))   # fresh noise per seed'
-          if meta['noise'] == 'random' else 'restore.call(variables, images)   # deterministic (stored noise)')
   return (f'GFP-GAN restore function exported by gfpgan_jax ({meta["arch"]}, {s}x{s}, compute dtype '
           f'{meta["dtype"]}, noise {meta["noise"]}, lowered for {", ".join(meta["platforms"])}; '
           f'jax {meta["jax_version"]}).\n'
           f'From: {meta["exported_from"]}'
           + (f' (step {meta["source_step"]})' if meta.get('source_step') is not None else '') + '\n\n'
-          f'Load and call it with jax and orbax-checkpoint only (images: uint8 RGB [B, {s}, {s}, 3], any B;\n'
-          f'set export_dir to this directory). Needs a jax at least as new as the one above.\n\n'
-          f'{LOAD_SNIPPET}\n'
-          f'This export: restored = {call}\n\n'
+          f'Serving needs jax, orbax-checkpoint and flatbuffers only (no gfpgan_jax), with a jax at least as new\n'
+          f'as the one above:\n\n    {INSTALL_LINE}\n\n'
+          f'(on NVIDIA GPUs: pip install "jax[cuda12]" orbax-checkpoint flatbuffers). These lines load and call it\n'
+          f'(images: uint8 RGB [B, {s}, {s}, 3], any B; change export_dir if you move this directory):\n\n'
+          f'```python\n{load_snippet(meta["export_dir"], meta["noise"])}```\n\n'
           'The directory is also a gfpgan_jax checkpoint: python -m gfpgan_jax.restore --weights DIR ...\n')
 
 
@@ -234,7 +261,7 @@ def export(source: str | os.PathLike,
   bad = sorted(set(platforms) - set(PLATFORMS))
   if bad or not platforms:
     raise ValueError(f'platforms must be a non-empty subset of {PLATFORMS}, got {tuple(platforms)}')
-  output = pathlib.Path(output).absolute()
+  output = pathlib.Path(output).resolve()  # README.txt names it; Orbax needs absolute paths
   if output.exists() and not overwrite:
     raise FileExistsError(f'{output} exists; pass overwrite=True (--overwrite) to replace it')
   src = load_source(source, step)
@@ -251,7 +278,7 @@ def export(source: str | os.PathLike,
   try:
     assembled = checkpoint.save(staging / 'export', src.variables, src.arch, src.kwargs, **meta)
     (assembled / FUNCTION_FILE).write_bytes(blob)
-    (assembled / README_FILE).write_text(readme_text({**meta, 'arch': src.arch}))
+    (assembled / README_FILE).write_text(readme_text({**meta, 'arch': src.arch, 'export_dir': str(output)}))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(assembled, 0o777 & ~umask)  # a temporary directory is 0700; serving may run as another user
