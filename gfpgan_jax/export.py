@@ -55,10 +55,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfpgan_jax import cli_common
 from gfpgan_jax import inference
 from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
+from gfpgan_jax.convert import pth
 from gfpgan_jax.convert import state_dict as sd_lib
 
 log = logging.getLogger('gfpgan_jax.export')
@@ -148,7 +150,6 @@ def load_source(path: str | os.PathLike, step: int | None = None) -> Source:
     if step is not None:
       raise sd_lib.ConversionError(f'--step applies to training workdirs only; {path} is a file')
     from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
-    from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top
     sd, _ = pth.read_pth(path)
     found = detect.detect_arch(sd)
     if found is None:
@@ -253,6 +254,8 @@ def export(source: str | os.PathLike,
   Raises:
     FileNotFoundError, FileExistsError, ConversionError: bad input (nothing
       is written), as listed in `load_source`.
+    OutputError: `output` cannot be written (checked before any work).
+    TorchNotInstalled: a `.pth` source without PyTorch.
   """
   if dtype not in DTYPES:
     raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
@@ -264,6 +267,7 @@ def export(source: str | os.PathLike,
   output = pathlib.Path(output).resolve()  # README.txt names it; Orbax needs absolute paths
   if output.exists() and not overwrite:
     raise FileExistsError(f'{output} exists; pass overwrite=True (--overwrite) to replace it')
+  cli_common.check_writable(output.parent, '--output')  # before minutes of loading and lowering
   src = load_source(source, step)
   module, _ = archs.build(src.arch, dtype=jnp.dtype(dtype), **src.kwargs)
   start = time.perf_counter()
@@ -273,8 +277,11 @@ def export(source: str | os.PathLike,
               dtype=dtype, param_dtype='float32', noise=noise, image_size=module.out_size,
               function=FUNCTION_FILE, function_args=['variables', 'images'] + (['seed'] if noise == 'random' else []),
               platforms=list(platforms), jax_version=jax.__version__)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+  try:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+  except OSError as e:
+    raise cli_common.OutputError(cli_common.output_error_message(e, output, '--output')) from e
   try:
     assembled = checkpoint.save(staging / 'export', src.variables, src.arch, src.kwargs, **meta)
     (assembled / FUNCTION_FILE).write_bytes(blob)
@@ -283,6 +290,8 @@ def export(source: str | os.PathLike,
     os.umask(umask)
     os.chmod(assembled, 0o777 & ~umask)  # a temporary directory is 0700; serving may run as another user
     _move_into_place(assembled, output, staging / 'previous')
+  except OSError as e:
+    raise cli_common.OutputError(cli_common.output_error_message(e, output, '--output')) from e
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return output
@@ -348,13 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help='comma-separated platforms to lower for (cpu, cuda, rocm, tpu)')
   p.add_argument('--overwrite', action='store_true', help='replace an existing output directory')
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
-  log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
+  cli_common.setup_logging(log)
   platforms = tuple(x.strip() for x in args.platforms.split(',') if x.strip())
   try:
     out = export(args.source, args.output, args.dtype, args.noise, args.step, platforms, args.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:  # ConversionError is a ValueError
-    log.error('error: %s', e)
+  except (FileNotFoundError, FileExistsError, ValueError, pth.TorchNotInstalled) as e:  # ConversionError and
+    log.error('error: %s', e)                                                            # OutputError: ValueErrors
     return 2
   meta = checkpoint.read_meta(out)
   size = sum(f.stat().st_size for f in out.rglob('*') if f.is_file())
