@@ -152,7 +152,7 @@ def test_read_pth_rejects_bad_files(tmp_path):
     pth.read_pth(tmp_path / 'nope.pth')
   bad = tmp_path / 'bad.pth'
   bad.write_bytes(b'not a checkpoint at all')
-  with pytest.raises(convert.ConversionError, match='not a readable PyTorch checkpoint'):
+  with pytest.raises(convert.ConversionError, match='is not a PyTorch checkpoint'):
     pth.read_pth(bad)
   odd = tmp_path / 'odd.pth'
   torch.save({'params': {'a': torch.zeros(1)}, 'iter': 3}, odd)

@@ -36,17 +36,30 @@ def check_torch(path=None) -> None:
   _torch(path)
 
 
-_ZIP_MAGIC = b'PK\x03\x04'  # torch.save's default format: a zip archive
-_PICKLE_MAGIC = b'\x80'      # the legacy format: pickles (protocol >= 2) from the first byte
+_ZIP_MAGIC = b'PK\x03\x04'  # torch.save's default format: a zip archive with */data.pkl
+# The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (protocol 2).
+_LEGACY_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.'
 
 
 def _check_looks_like_torch(path: pathlib.Path) -> None:
+  """Raises ConversionError unless `path` is a torch zip archive or a legacy torch file (by its structure)."""
+  import zipfile  # pylint: disable=g-import-not-at-top
   with open(path, 'rb') as f:
-    head = f.read(4)
-  if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
-    kind = 'an empty file' if not head else f'its first bytes are {head!r}'
-    raise sd_lib.ConversionError(f'{path} is not a PyTorch checkpoint ({kind}; a .pth is a zip archive or a '
-                                 'legacy torch pickle)')
+    head = f.read(len(_LEGACY_MAGIC))
+  if head.startswith(_ZIP_MAGIC):
+    try:
+      with zipfile.ZipFile(path) as z:
+        if any(n == 'data.pkl' or n.endswith('/data.pkl') for n in z.namelist()):
+          return
+      why = 'a zip archive without the data.pkl of torch.save'
+    except (zipfile.BadZipFile, OSError) as e:
+      raise sd_lib.ConversionError(f'{path} is not a readable PyTorch checkpoint (truncated or corrupt?): a damaged '
+                                   f'zip archive ({e})') from e
+  elif head == _LEGACY_MAGIC:
+    return
+  else:
+    why = 'an empty file' if not head else f'it starts with {head[:8]!r}'
+  raise sd_lib.ConversionError(f'{path} is not a PyTorch checkpoint ({why}; a .pth is what torch.save writes)')
 
 
 def read_pth(path: str | os.PathLike, param_key: str | None = None) -> tuple[dict[str, np.ndarray], str | None]:
