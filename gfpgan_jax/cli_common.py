@@ -21,13 +21,18 @@ class OutputError(ValueError):
   """An output path that cannot be written; the message says which and what to do."""
 
 
+def quiet_backend_probe() -> None:
+  """Hides jax's INFO line about backends it could not open (its warnings and errors still show)."""
+  for name in _NOISY_LOGGERS:
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def setup_logging(*loggers: logging.Logger) -> None:
   """INFO lines without prefixes for `loggers`, and jax's backend probing kept quiet."""
   logging.basicConfig(level=logging.INFO, format='%(message)s')
   for log in loggers:
     log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
-  for name in _NOISY_LOGGERS:
-    logging.getLogger(name).setLevel(logging.WARNING)
+  quiet_backend_probe()
 
 
 def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:

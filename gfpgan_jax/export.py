@@ -96,8 +96,9 @@ def load_snippet(export_dir: str | None = None, noise: str = 'stored') -> str:
   """
   where = (f'os.path.abspath({README_EXPORT_DIR!r})   # Orbax needs an absolute path' if export_dir is None
            else f'{str(export_dir)!r}')
-  call = ('restore.call(variables, images, np.uint32(0))   # uint8 [B, S, S, 3]; fresh noise per uint32 seed'
-          if noise == 'random' else 'restore.call(variables, images)   # uint8 [B, S, S, 3], deterministic')
+  call = ('restore.call(variables, images)   # uint8 [B, S, S, 3], deterministic' if noise != 'random' else
+          'restore.call(variables, images, np.uint32(seed))   # uint8 [B, S, S, 3]')
+  seed = 'seed = 0                                          # fresh decoder noise per uint32 seed\n' * (noise == 'random')
   return f"""\
 import os
 import jax, numpy as np, orbax.checkpoint as ocp
@@ -108,7 +109,7 @@ with open(os.path.join(export_dir, 'restore.jax_exported'), 'rb') as f:
 variables = jax.device_put(ocp.StandardCheckpointer().restore(os.path.join(export_dir, 'variables')))
 size = restore.out_avals[0].shape[1]              # S: 512 for the released models
 images = np.zeros((2, size, size, 3), np.uint8)   # your faces: uint8 RGB [B, S, S, 3], any B
-restored = {call}
+{seed}restored = {call}
 """
 
 

@@ -111,6 +111,7 @@ _USER_ERRORS = (sd_lib.ConversionError, FileNotFoundError, FileExistsError, Valu
 
 
 def main_torch_to_jax():
+  cli_common.quiet_backend_probe()
   try:
     torch_to_jax()
   except _USER_ERRORS as e:
@@ -118,6 +119,7 @@ def main_torch_to_jax():
 
 
 def main_jax_to_torch():
+  cli_common.quiet_backend_probe()
   try:
     jax_to_torch()
   except _USER_ERRORS as e:
