@@ -7,6 +7,8 @@ even when that process is SIGKILLed (an OOM-killed or crashed pytest worker),
 and no `preexec_fn` runs between fork and exec (unsafe with JAX's threads).
 On every exit of `popen`'s `with` block or of `run` (return, exception,
 timeout, Ctrl-C) the whole group is SIGKILLed, grandchildren included.
+(PDEATHSIG follows the thread that started the child: start children from the
+test's own thread, as pytest runs tests, not from a short-lived helper thread.)
 
     with procs.popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
       out, _ = proc.communicate(timeout=300)
