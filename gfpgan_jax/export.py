@@ -55,10 +55,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfpgan_jax import cli_common
 from gfpgan_jax import inference
 from gfpgan_jax import xla_options
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
+from gfpgan_jax.convert import pth
 from gfpgan_jax.convert import state_dict as sd_lib
 
 log = logging.getLogger('gfpgan_jax.export')
@@ -71,14 +73,43 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 NOISE_MODES = ('stored', 'random')
 DTYPES = ('float32', 'bfloat16')
 
-# The lines the README shows (README.md "Serving" and DIR/README.txt): plain JAX + Orbax, no gfpgan_jax.
-LOAD_SNIPPET = """\
+# What serving code needs (README.md "Serving" and DIR/README.txt): `jax.export` deserialization imports
+# flatbuffers, which jax does not depend on. No gfpgan_jax.
+SERVING_PACKAGES = ('jax', 'orbax-checkpoint', 'flatbuffers')
+INSTALL_LINE = 'pip install ' + ' '.join(SERVING_PACKAGES)
+README_EXPORT_DIR = 'exports/v1.4'  # the path README.md's snippet shows
+
+
+def load_snippet(export_dir: str | None = None, noise: str = 'stored') -> str:
+  """The plain-JAX lines that load and call an export (README.md "Serving" and DIR/README.txt).
+
+  They run as they are: they make their own example batch, and the path is
+  absolute (Orbax refuses relative ones).
+
+  Args:
+    export_dir: the export's absolute path; None: README.md's
+      `os.path.abspath('exports/v1.4')`.
+    noise: the export's noise mode ('random' calls it with a seed).
+
+  Returns:
+    Python source, ending in a newline.
+  """
+  where = (f'os.path.abspath({README_EXPORT_DIR!r})   # Orbax needs an absolute path' if export_dir is None
+           else f'{str(export_dir)!r}')
+  call = ('restore.call(variables, images)   # uint8 [B, S, S, 3], deterministic' if noise != 'random' else
+          'restore.call(variables, images, np.uint32(seed))   # uint8 [B, S, S, 3]')
+  seed = 'seed = 0                                          # fresh decoder noise per uint32 seed\n' * (noise == 'random')
+  return f"""\
+import os
 import jax, numpy as np, orbax.checkpoint as ocp
 
-export_dir = 'exports/v1.4'
-restore = jax.export.deserialize(open(f'{export_dir}/restore.jax_exported', 'rb').read())
-variables = jax.device_put(ocp.StandardCheckpointer().restore(f'{export_dir}/variables'))
-restored = restore.call(variables, images)   # uint8 [B, S, S, 3] -> uint8 [B, S, S, 3], any B
+export_dir = {where}
+with open(os.path.join(export_dir, 'restore.jax_exported'), 'rb') as f:
+  restore = jax.export.deserialize(f.read())
+variables = jax.device_put(ocp.StandardCheckpointer().restore(os.path.join(export_dir, 'variables')))
+size = restore.out_avals[0].shape[1]              # S: 512 for the released models
+images = np.zeros((2, size, size, 3), np.uint8)   # your faces: uint8 RGB [B, S, S, 3], any B
+{seed}restored = {call}
 """
 
 
@@ -120,7 +151,6 @@ def load_source(path: str | os.PathLike, step: int | None = None) -> Source:
     if step is not None:
       raise sd_lib.ConversionError(f'--step applies to training workdirs only; {path} is a file')
     from gfpgan_jax.convert import detect  # pylint: disable=g-import-not-at-top
-    from gfpgan_jax.convert import pth  # pylint: disable=g-import-not-at-top
     sd, _ = pth.read_pth(path)
     found = detect.detect_arch(sd)
     if found is None:
@@ -186,19 +216,18 @@ def export_restore_fn(module, variables: dict[str, Any], noise: str = 'stored',
 
 
 def readme_text(meta: dict[str, Any]) -> str:
-  """The DIR/README.txt of an export with metadata `meta`."""
+  """The DIR/README.txt of an export with metadata `meta` (and its absolute path, `meta['export_dir']`)."""
   s = meta['image_size']
-  call = ('restore.call(variables, images, np.uint32(seed))   # fresh noise per seed'
-          if meta['noise'] == 'random' else 'restore.call(variables, images)   # deterministic (stored noise)')
   return (f'GFP-GAN restore function exported by gfpgan_jax ({meta["arch"]}, {s}x{s}, compute dtype '
           f'{meta["dtype"]}, noise {meta["noise"]}, lowered for {", ".join(meta["platforms"])}; '
           f'jax {meta["jax_version"]}).\n'
           f'From: {meta["exported_from"]}'
           + (f' (step {meta["source_step"]})' if meta.get('source_step') is not None else '') + '\n\n'
-          f'Load and call it with jax and orbax-checkpoint only (images: uint8 RGB [B, {s}, {s}, 3], any B;\n'
-          f'set export_dir to this directory). Needs a jax at least as new as the one above.\n\n'
-          f'{LOAD_SNIPPET}\n'
-          f'This export: restored = {call}\n\n'
+          f'Serving needs jax, orbax-checkpoint and flatbuffers only (no gfpgan_jax), with a jax at least as new\n'
+          f'as the one above:\n\n    {INSTALL_LINE}\n\n'
+          f'(on NVIDIA GPUs: pip install "jax[cuda12]" orbax-checkpoint flatbuffers). These lines load and call it\n'
+          f'(images: uint8 RGB [B, {s}, {s}, 3], any B; change export_dir if you move this directory):\n\n'
+          f'```python\n{load_snippet(meta["export_dir"], meta["noise"])}```\n\n'
           'The directory is also a gfpgan_jax checkpoint: python -m gfpgan_jax.restore --weights DIR ...\n')
 
 
@@ -226,6 +255,8 @@ def export(source: str | os.PathLike,
   Raises:
     FileNotFoundError, FileExistsError, ConversionError: bad input (nothing
       is written), as listed in `load_source`.
+    OutputError: `output` cannot be written (checked before any work).
+    TorchNotInstalled: a `.pth` source without PyTorch.
   """
   if dtype not in DTYPES:
     raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
@@ -234,9 +265,10 @@ def export(source: str | os.PathLike,
   bad = sorted(set(platforms) - set(PLATFORMS))
   if bad or not platforms:
     raise ValueError(f'platforms must be a non-empty subset of {PLATFORMS}, got {tuple(platforms)}')
-  output = pathlib.Path(output).absolute()
+  output = pathlib.Path(output).resolve()  # README.txt names it; Orbax needs absolute paths
   if output.exists() and not overwrite:
     raise FileExistsError(f'{output} exists; pass overwrite=True (--overwrite) to replace it')
+  cli_common.check_writable(output.parent, '--output')  # before minutes of loading and lowering
   src = load_source(source, step)
   module, _ = archs.build(src.arch, dtype=jnp.dtype(dtype), **src.kwargs)
   start = time.perf_counter()
@@ -246,16 +278,21 @@ def export(source: str | os.PathLike,
               dtype=dtype, param_dtype='float32', noise=noise, image_size=module.out_size,
               function=FUNCTION_FILE, function_args=['variables', 'images'] + (['seed'] if noise == 'random' else []),
               platforms=list(platforms), jax_version=jax.__version__)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+  try:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+  except OSError as e:
+    raise cli_common.OutputError(cli_common.output_error_message(e, output, '--output')) from e
   try:
     assembled = checkpoint.save(staging / 'export', src.variables, src.arch, src.kwargs, **meta)
     (assembled / FUNCTION_FILE).write_bytes(blob)
-    (assembled / README_FILE).write_text(readme_text({**meta, 'arch': src.arch}))
+    (assembled / README_FILE).write_text(readme_text({**meta, 'arch': src.arch, 'export_dir': str(output)}))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(assembled, 0o777 & ~umask)  # a temporary directory is 0700; serving may run as another user
     _move_into_place(assembled, output, staging / 'previous')
+  except OSError as e:
+    raise cli_common.OutputError(cli_common.output_error_message(e, output, '--output')) from e
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return output
@@ -321,13 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help='comma-separated platforms to lower for (cpu, cuda, rocm, tpu)')
   p.add_argument('--overwrite', action='store_true', help='replace an existing output directory')
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
-  log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
+  cli_common.setup_logging(log)
   platforms = tuple(x.strip() for x in args.platforms.split(',') if x.strip())
   try:
     out = export(args.source, args.output, args.dtype, args.noise, args.step, platforms, args.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:  # ConversionError is a ValueError
-    log.error('error: %s', e)
+  except (FileNotFoundError, FileExistsError, ValueError, pth.TorchNotInstalled) as e:  # ConversionError and
+    log.error('error: %s', e)                                                            # OutputError: ValueErrors
     return 2
   meta = checkpoint.read_meta(out)
   size = sum(f.stat().st_size for f in out.rglob('*') if f.is_file())

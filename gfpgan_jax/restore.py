@@ -14,22 +14,33 @@ photo. Outputs, as the official command: cropped_faces/, restored_faces/,
 cmp/ (cropped | restored) and restored_imgs/ under `-o`; a video becomes
 restored_videos/NAME.mp4 at its frame rate, with its audio track.
 
-Weights: `--weights` (an official .pth, a converted checkpoint or an export
-directory), else the official file of `-v` in `--model-dir` (default: the
-official experiments/pretrained_models and gfpgan/weights). With none at all
-everything still runs: the generator with RANDOM weights (warned loudly), the
+Weights: `--weights` (an official .pth, a converted checkpoint, an export
+directory, or a training workdir: its latest G-EMA), else the official file of
+`-v` in `--model-dir` (default: the official experiments/pretrained_models and
+gfpgan/weights). With none at all everything still runs, with a warning that
+the outputs are not restorations: the generator with RANDOM weights, the
 weight-free Haar detector, the square paste mask and the LANCZOS4 background.
+A `.pth` needs PyTorch: pip install -e ".[torch]".
 `--landmarks FILE.json` replaces detection with your own 5-point landmarks
 (format: `gfpgan_jax.faces.inputs.LandmarksFile`).
 
 Bad inputs (unreadable files, unsupported images, broken videos) are
 reported by name and the rest still run; images without a face are written
-through upscaled and counted. Outputs are written atomically.
+through upscaled and counted. Outputs are written atomically. With
+`--aligned`, faces larger than the model (e.g. 512 px inputs, 64 px model) are
+restored at the model's size and written back at their own size.
+
+A run that would replace earlier results in `-o` (the same input names) stops
+before any work and lists them: pass `--overwrite` to replace them (a face
+file of an earlier run beyond this run's face count is removed too), or
+choose another `-o`.
 """
 
 import argparse
 import logging
+import os
 import pathlib
+import re
 import sys
 import time
 
@@ -37,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfpgan_jax import cli_common
+from gfpgan_jax.convert import pth
 from gfpgan_jax.faces import batching
 from gfpgan_jax.faces import inputs as inputs_lib
 from gfpgan_jax.faces import networks
@@ -67,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--ext', choices=['auto', 'png', 'jpg'], default='auto',
                  help='image extension: auto (the input\'s), png or jpg')
   p.add_argument('-w', '--weight', type=float, default=0.5, help='adjustable weight (a no-op for GFPGAN, as upstream)')
-  p.add_argument('--weights', default=None, help='generator: .pth, converted checkpoint dir or export dir')
+  p.add_argument('--weights', default=None,
+                 help='generator: official .pth (needs torch), converted checkpoint dir, export dir, or a training '
+                 'workdir (its latest G-EMA)')
   p.add_argument('--model-dir', '--model_dir', default=None,
                  help='folder with the official weight files (default: experiments/pretrained_models, gfpgan/weights)')
   p.add_argument('--detector-weights', default=None, help='RetinaFace: detection_Resnet50_Final.pth or converted')
@@ -86,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--exported', action='store_true',
                  help='run the serialized function of the export directory given as --weights')
   p.add_argument('--seed', type=int, default=0, help='noise seed for --noise random')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace the results of an earlier run in -o (without it, such a run stops at once)')
   return p
 
 
@@ -154,6 +171,7 @@ class Run:
     self.videos: list[str] = []
     self.truncated: list[str] = []
     self.sink = self.progress = None
+    self.face_counts: dict[str, int] = {}  # faces written per image name
 
   def problem(self, msg: str) -> None:
     log.error('skipped %s', msg)
@@ -226,6 +244,7 @@ class Run:
     else:
       log.info('%s: %d face(s)', item.source.key, len(result.restored))
     self.writer.write(result, item.source.name, item.source.ext, item.source.key)
+    self.face_counts[item.source.name] = len(result.restored)
 
   def route(self, result) -> None:
     item = result.item
@@ -239,11 +258,48 @@ class Run:
       self.image(result)
 
 
+def existing_outputs(sources, writer: outputs_lib.OutputWriter, aligned: bool) -> list[pathlib.Path]:
+  """The files in the output folder that this run would replace (per input: its image, faces or video)."""
+  root = writer.root
+  listing = {}
+  for folder in (*outputs_lib.FOLDERS, video_lib.FOLDER):
+    listing[folder] = set(os.listdir(root / folder)) if (root / folder).is_dir() else set()
+  face_tail = re.escape(f'_{writer.suffix}') if writer.suffix is not None else ''
+  found = []
+  for src in sources:
+    if src.kind == 'video':
+      names = {video_lib.FOLDER: [f'{src.name}.mp4']}
+    else:
+      names = {}
+      for folder, tail in (('cropped_faces', ''), ('restored_faces', face_tail), ('cmp', '')):
+        pattern = re.compile(re.escape(src.name) + r'_\d{2,}' + tail + r'\.png')
+        names[folder] = sorted(n for n in listing[folder] if pattern.fullmatch(n))
+      if not aligned:
+        names['restored_imgs'] = [writer.image_path(src.name, src.ext).name]
+    found += [root / folder / n for folder, ns in names.items() for n in ns if n in listing[folder]]
+  return found
+
+
+def remove_stale_faces(writer: outputs_lib.OutputWriter, counts: dict[str, int]) -> int:
+  """With --overwrite: removes face files of an earlier run beyond this run's count of faces per input."""
+  removed = 0
+  face_tail = re.escape(f'_{writer.suffix}') if writer.suffix is not None else ''
+  for folder, tail in (('cropped_faces', ''), ('restored_faces', face_tail), ('cmp', '')):
+    if not (writer.root / folder).is_dir():
+      continue
+    for entry in os.listdir(writer.root / folder):
+      for name, count in counts.items():
+        m = re.fullmatch(re.escape(name) + r'_(\d{2,})' + tail + r'\.png', entry)
+        if m and int(m.group(1)) >= count:
+          (writer.root / folder / entry).unlink(missing_ok=True)
+          removed += 1
+  return removed
+
+
 def main(argv=None) -> int:
   p = build_parser()
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
-  log.setLevel(logging.INFO)  # basicConfig is a no-op once absl (imported by orbax) configured logging
+  cli_common.setup_logging(log)
   if args.batch_size is not None and args.batch_size < 1:
     p.error('--batch-size must be >= 1')
   if args.upscale < 1:
@@ -253,12 +309,21 @@ def main(argv=None) -> int:
   if args.bg_tile < 0:
     p.error('--bg_tile must be >= 0')
   timers = timing.Timers()
-  mesh = batching.local_mesh()
+  writer = outputs_lib.OutputWriter(args.output, suffix=args.suffix, ext=args.ext, timers=timers)
   try:
     sources = inputs_lib.list_inputs(args.input, samples.group_photo)
+    cli_common.check_writable(args.output, '-o')
+    mesh = batching.local_mesh()
     batcher, g_src, p_src = make_batcher(args, mesh)
     pipe = make_pipeline(args, batcher, mesh, timers)
-  except (FileNotFoundError, ValueError) as e:  # ConversionError is a ValueError
+    earlier = existing_outputs(sources, writer, args.aligned)  # after the inputs' checks, before any compile
+    if earlier and not args.overwrite:
+      shown = ', '.join(str(f.relative_to(args.output)) for f in earlier[:4])
+      raise FileExistsError(f'-o {args.output} holds {len(earlier)} result file(s) of an earlier run that this run '
+                            f'would replace ({shown}{", ..." if len(earlier) > 4 else ""}); pass --overwrite to '
+                            'replace them, or choose another -o')
+  except (FileNotFoundError, FileExistsError, ValueError, pth.TorchNotInstalled) as e:  # ConversionError and
+    writer.close()                                                                     # OutputError: ValueErrors
     log.error('error: %s', e)
     return 2
   if args.input is None:
@@ -266,7 +331,6 @@ def main(argv=None) -> int:
              samples.SAMPLE_FACES)
   log.info('generator: %s (%d px faces, batch %d over %d device(s)); paste mask: %s', g_src, batcher.face_size,
            batcher.batch_size, mesh.size, f'ParseNet from {p_src}' if p_src else 'square')
-  writer = outputs_lib.OutputWriter(args.output, suffix=args.suffix, ext=args.ext, timers=timers)
   run = Run(args, writer)
   start = time.perf_counter()
   items = inputs_lib.read_items(sources, video_lib.frames, timers=timers)
@@ -278,6 +342,10 @@ def main(argv=None) -> int:
     if run.sink is not None:
       run.sink.abort()
   elapsed = time.perf_counter() - start
+  if args.overwrite and run.face_counts:
+    stale = remove_stale_faces(writer, run.face_counts)
+    if stale:
+      log.info('--overwrite: removed %d face file(s) of an earlier run beyond this run\'s faces', stale)
   for msg in writer.errors:
     run.problems.append(msg)
   n_img = run.images + run.frames

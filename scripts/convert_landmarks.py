@@ -37,5 +37,19 @@ def main(argv=None) -> int:
   return len(table)
 
 
+def _main() -> None:
+  """`main`, with the faults a user can cause as one line instead of a traceback."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  try:
+    main()
+  except (ImportError, ValueError, OSError) as e:  # no torch (the message says how to install it), bad files
+    sys.exit(f'error: {e}')
+  except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, AttributeError) as e:
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    sys.exit(f'error: {sys.argv[sys.argv.index("--input") + 1] if "--input" in sys.argv else "the input"} is not a '
+             f'readable landmarks file (truncated, or not a .pth?): {type(e).__name__}: {first}')
+
+
 if __name__ == '__main__':
-  main()
+  _main()

@@ -1,4 +1,4 @@
-"""Test set-up: 8 virtual CPU devices, parsed absl flags, the official PyTorch code, and memory hygiene."""
+"""Test set-up: 8 virtual CPU devices, parsed absl flags, the official PyTorch code, memory and process hygiene."""
 
 import ctypes
 import gc
@@ -56,3 +56,14 @@ def _return_freed_memory():
   gc.collect()
   if _LIBC is not None:
     _LIBC.malloc_trim(0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Last resort: no subprocess started through `gfpgan_jax.testing.procs` outlives the session.
+
+  Every subprocess-spawning test uses `procs.popen`/`procs.run` (own process
+  group, SIGKILLed on any exit; PDEATHSIG when the worker itself is killed).
+  """
+  del session, exitstatus
+  from gfpgan_jax.testing import procs  # pylint: disable=g-import-not-at-top
+  procs.kill_all()

@@ -1,7 +1,6 @@
 """Weight conversion: round trips, strict loading by the official classes, errors, files and CLIs."""
 
 import re
-import subprocess
 import sys
 
 from flax import traverse_util
@@ -17,6 +16,7 @@ from gfpgan_jax.convert import cli
 from gfpgan_jax.convert import pth
 from gfpgan_jax.testing import parity
 from gfpgan_jax.testing import parity_cases
+from gfpgan_jax.testing import procs
 
 SMALL_CASES = [c.name for c in parity_cases.CASES if not c.heavy]
 # The official released-config shapes (no forward pass, just keys and layouts).
@@ -152,7 +152,7 @@ def test_read_pth_rejects_bad_files(tmp_path):
     pth.read_pth(tmp_path / 'nope.pth')
   bad = tmp_path / 'bad.pth'
   bad.write_bytes(b'not a checkpoint at all')
-  with pytest.raises(convert.ConversionError, match='not a readable PyTorch checkpoint'):
+  with pytest.raises(convert.ConversionError, match='is not a PyTorch checkpoint'):
     pth.read_pth(bad)
   odd = tmp_path / 'odd.pth'
   torch.save({'params': {'a': torch.zeros(1)}, 'iter': 3}, odd)
@@ -219,7 +219,7 @@ def test_convert_scripts_run_as_commands(official, tmp_path):
   tm = official.gfpganv1_arch.FacialComponentDiscriminator()
   src = tmp_path / 'd_mouth.pth'
   torch.save({'params': tm.state_dict()}, src)
-  run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, check=False)
+  run = lambda *a: procs.run([sys.executable, *a], capture_output=True, text=True, timeout=300, check=False)
   r = run('scripts/convert_torch_to_jax.py', '--arch', 'stylegan2_discriminator', '--input', str(src), '--output',
           str(tmp_path / 'wrong'))
   assert r.returncode != 0 and 'missing keys' in r.stderr and 'facial_component_discriminator' in r.stderr

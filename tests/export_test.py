@@ -6,7 +6,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 
 from flax import traverse_util
@@ -31,6 +30,7 @@ from gfpgan_jax.convert import cli
 from gfpgan_jax.convert import pth
 from gfpgan_jax.convert import state_dict as sd_lib
 from gfpgan_jax.testing import parity
+from gfpgan_jax.testing import procs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A small GFPGANv1Clean (released options otherwise: input_is_latent, different_w, sft_half).
@@ -175,42 +175,6 @@ def test_bfloat16_export_computes_in_bf16_from_float32_variables(clean, tmp_path
   assert np.any(got != f32) and np.abs(got.astype(int) - f32).mean() < 2  # bf16 rounding, not another model
 
 
-def test_plain_jax_loads_it_in_a_fresh_process_without_gfpgan_jax(clean, tmp_path):
-  _, out, variables = clean
-  readme = (ROOT / 'README.md').read_text()
-  assert export_lib.LOAD_SNIPPET in readme  # the repo README shows exactly these lines
-  assert export_lib.LOAD_SNIPPET in (out / export_lib.README_FILE).read_text()
-  images = _images(3, seed=1)
-  np.save(tmp_path / 'images.npy', images)
-  snippet = export_lib.LOAD_SNIPPET.replace("export_dir = 'exports/v1.4'", f'export_dir = {str(out)!r}')
-  assert snippet != export_lib.LOAD_SNIPPET
-  script = f'''
-import importlib.abc, sys
-
-class NoGfpganJax(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] == 'gfpgan_jax':
-      raise ImportError('serving must not import ' + name)
-
-sys.meta_path.insert(0, NoGfpganJax())
-try:
-  import gfpgan_jax
-  raise SystemExit('the import blocker does not work')
-except ImportError:
-  pass
-import numpy as np
-images = np.load({str(tmp_path / 'images.npy')!r})
-{snippet}
-assert not [m for m in sys.modules if m.split('.')[0] == 'gfpgan_jax']
-np.save({str(tmp_path / 'restored.npy')!r}, np.asarray(restored))
-'''
-  proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=_subprocess_env(), capture_output=True,
-                        text=True, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  np.testing.assert_array_equal(np.load(tmp_path / 'restored.npy'),
-                                _module_restore('gfpganv1clean', CLEAN, variables, images))
-
-
 # ------------------------------------------------------------------------------ sources and .pth
 
 
@@ -218,8 +182,8 @@ def test_export_from_a_workdir_takes_the_g_ema_on_a_one_device_machine(workdir, 
   wd, kwargs, saved = workdir
   out = tmp_path / 'from_workdir'
   # A fresh one-device process (the workdir was saved sharded over 8 devices: "train on pods, serve elsewhere").
-  proc = subprocess.run([sys.executable, '-m', 'gfpgan_jax.export', '--from', str(wd), '--output', str(out)],
-                        cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+  proc = procs.run([sys.executable, '-m', 'gfpgan_jax.export', '--from', str(wd), '--output', str(out)],
+                   cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   meta = checkpoint.read_meta(out)
   assert (meta['source_kind'], meta['source_step'], meta['arch']) == ('workdir', STEPS[-1], 'gfpganv1')
@@ -272,9 +236,9 @@ def test_export_to_pth_loads_strictly_in_the_official_class(official, clean, wor
     if source == 'workdir_export':
       directory = export_lib.export(wd, tmp_path / 'export', platforms=('cpu',))
   out = tmp_path / 'G.pth'
-  proc = subprocess.run([sys.executable, 'scripts/convert_jax_to_torch.py', '--input', str(directory), '--output',
-                         str(out)], cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300,
-                        check=False) if source == 'workdir' else None
+  proc = procs.run([sys.executable, 'scripts/convert_jax_to_torch.py', '--input', str(directory), '--output',
+                    str(out)], cwd=ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300,
+                   check=False) if source == 'workdir' else None
   if proc is None:
     cli.jax_to_torch(['--input', str(directory), '--output', str(out)])
   else:

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import pathlib
-import subprocess
 import sys
 
 import cv2
@@ -26,6 +25,7 @@ from gfpgan_jax.faces import batching
 from gfpgan_jax.faces import inputs as inputs_lib
 from gfpgan_jax.faces import pipeline as pipeline_lib
 from gfpgan_jax.testing import composed
+from gfpgan_jax.testing import procs
 
 KW = dict(out_size=64, channel_multiplier=1, narrow=0.25)
 S = 64
@@ -188,8 +188,10 @@ def test_aligned_and_errors(model, tmp_path, caplog):
   assert restore.main(['-i', str(tmp_path / 'face.jpg'), '-o', str(out), '--weights', str(path), '--aligned']) == 0
   assert sorted(p.name for p in (out / 'restored_faces').iterdir()) == ['face_00.png']
   assert not (out / 'restored_imgs').exists()
-  np.testing.assert_array_equal(_imread(out / 'cropped_faces' / 'face_00.png'),
-                                cv2.resize(_imread(tmp_path / 'face.jpg'), (S, S), interpolation=cv2.INTER_LINEAR))
+  # A face larger than the model (100x80 > 64): its outputs come back at its size; the crop is the input.
+  np.testing.assert_array_equal(_imread(out / 'cropped_faces' / 'face_00.png'), _imread(tmp_path / 'face.jpg'))
+  assert _imread(out / 'restored_faces' / 'face_00.png').shape == (100, 80, 3)
+  assert _imread(out / 'cmp' / 'face_00.png').shape == (100, 160, 3)
   (tmp_path / 'bad.json').write_text('{"face.jpg": [[1, 2]]}')
   assert restore.main(['-i', str(tmp_path / 'face.jpg'), '-o', str(out), '--weights', str(path), '--landmarks',
                        str(tmp_path / 'bad.json')]) == 2
@@ -200,8 +202,8 @@ def test_no_weights_default_runs_on_the_builtin_photo(tmp_path):
   """`python -m gfpgan_jax.restore -o out`: random generator, Haar detection, square mask, LANCZOS background."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(pathlib.Path(jax.config.jax_compilation_cache_dir)))
-  proc = subprocess.run([sys.executable, '-m', 'gfpgan_jax.restore', '-o', str(tmp_path / 'out')], cwd=tmp_path,
-                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  proc = procs.run([sys.executable, '-m', 'gfpgan_jax.restore', '-o', str(tmp_path / 'out')], cwd=tmp_path,
+                   env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   log_text = proc.stderr + proc.stdout
   assert 'RANDOM weights' in log_text and 'HaarDetector' in log_text and 'square erosion mask' in log_text

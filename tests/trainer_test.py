@@ -1,5 +1,6 @@
 """End-to-end training runs on CPU: sharding, logs, exact resume, multi-process, bad configs, NaN stop."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 from configs import ffhq
 from gfpgan_jax import checkpointing
 from gfpgan_jax import trainer
+from gfpgan_jax.testing import procs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -92,8 +94,7 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
          str(killed), '--config.total_steps=1000', '--config.checkpoint_every_steps=2', '--config.loss.d_reg_every=2',
          '--config.eval_every_steps=1000', '--config.image_every_steps=1000']
   env = _subprocess_env(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  try:
+  with procs.popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
     deadline = time.time() + 600
     while not (killed / 'checkpoints' / '2').exists():
       assert proc.poll() is None, proc.stdout.read()
@@ -101,9 +102,6 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
       time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
   assert proc.returncode == 0, out
   assert 'preempted (SIGTERM)' in out
   stopped = checkpointing.Checkpointer(killed).latest_step()
@@ -146,14 +144,15 @@ def test_two_processes_agree_with_one(tmp_path):
             '--config.checkpoint_every_steps=1', '--config.eval_every_steps=1000', '--config.image_every_steps=1000']
   env = _subprocess_env(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
   port = portpicker.pick_unused_port()
-  run = lambda *args: subprocess.Popen([sys.executable, '-c', script, *args], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  procs = [run('2', *common, '--workdir', str(tmp_path / 'multi'), f'--coordinator_address=127.0.0.1:{port}',
-               '--num_processes=2', f'--process_id={i}') for i in range(2)]
-  procs += [run('4', *common, '--workdir', str(tmp_path / 'single')),
-            run('2', *common, '--workdir', str(tmp_path / 'yardstick'))]
-  outs = [p.communicate(timeout=900)[0] for p in procs]
-  for p, out in zip(procs, outs):
+  with contextlib.ExitStack() as stack:  # every child's process group is killed on any exit (timeout included)
+    run = lambda *args: stack.enter_context(procs.popen([sys.executable, '-c', script, *args], cwd=ROOT, env=env,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    children = [run('2', *common, '--workdir', str(tmp_path / 'multi'), f'--coordinator_address=127.0.0.1:{port}',
+                    '--num_processes=2', f'--process_id={i}') for i in range(2)]
+    children += [run('4', *common, '--workdir', str(tmp_path / 'single')),
+                 run('2', *common, '--workdir', str(tmp_path / 'yardstick'))]
+    outs = [p.communicate(timeout=900)[0] for p in children]
+  for p, out in zip(children, outs):
     assert p.returncode == 0, out
   assert 'JAX process 1/2' in outs[1] and '4 global devices' in outs[0]
   assert not (tmp_path / 'multi' / 'tb').exists() or len(list((tmp_path / 'multi' / 'tb').iterdir())) == 1
@@ -189,9 +188,9 @@ def test_two_processes_agree_with_one(tmp_path):
 ])
 def test_bad_config_fails_before_compile(tmp_path, override, message):
   start = time.time()
-  r = subprocess.run([sys.executable, '-c', _TRAIN_WITH_DEVICES, '4', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir',
-                      str(tmp_path / 'w'), override], cwd=ROOT, env=_subprocess_env(), capture_output=True,
-                     text=True, timeout=300, check=False)
+  r = procs.run([sys.executable, '-c', _TRAIN_WITH_DEVICES, '4', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir',
+                 str(tmp_path / 'w'), override], cwd=ROOT, env=_subprocess_env(), capture_output=True,
+                text=True, timeout=300, check=False)
   assert r.returncode != 0
   assert message in r.stdout + r.stderr, r.stdout + r.stderr
   assert not (tmp_path / 'w' / 'checkpoints').exists()  # failed before any state was built

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import subprocess
 
 import imageio.v2 as iio
 import jax
@@ -14,6 +13,7 @@ from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.faces import video as video_lib
 from gfpgan_jax.testing import composed
+from gfpgan_jax.testing import procs
 
 KW = dict(out_size=64, channel_multiplier=1, narrow=0.25)
 SIZE = (96, 128)
@@ -43,9 +43,9 @@ def clip(tmp_path_factory):
     for f in frames:
       w.append_data(f)
   path = d / 'clip.mp4'
-  subprocess.run([video_lib.ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-y', '-i', str(silent), '-f', 'lavfi',
-                  '-i', f'sine=frequency=440:duration={SECONDS}', '-c:v', 'copy', '-c:a', 'aac', '-shortest',
-                  str(path)], check=True)
+  procs.run([video_lib.ffmpeg_exe(), '-hide_banner', '-loglevel', 'error', '-y', '-i', str(silent), '-f', 'lavfi',
+             '-i', f'sine=frequency=440:duration={SECONDS}', '-c:v', 'copy', '-c:a', 'aac', '-shortest',
+             str(path)], timeout=300, check=True)
   return path, landmarks
 
 
@@ -92,8 +92,8 @@ def test_broken_and_truncated_videos(weights, clip, tmp_path, caplog):
   src = tmp_path / 'in'
   src.mkdir()
   mkv = tmp_path / 'clip.mkv'  # Matroska streams: a cut file still decodes up to the cut
-  subprocess.run([video_lib.ffmpeg_exe(), '-loglevel', 'error', '-y', '-i', str(path), '-c', 'copy', str(mkv)],
-                 check=True)
+  procs.run([video_lib.ffmpeg_exe(), '-loglevel', 'error', '-y', '-i', str(path), '-c', 'copy', str(mkv)],
+            timeout=300, check=True)
   data = mkv.read_bytes()
   (src / 'cut.mkv').write_bytes(data[:len(data) // 2])
   data = path.read_bytes()

@@ -3,12 +3,14 @@
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 
 from flax import traverse_util
 import numpy as np
 
+from gfpgan_jax import cli_common
 from gfpgan_jax.convert import archs
 from gfpgan_jax.convert import checkpoint
 from gfpgan_jax.convert import detect
@@ -43,6 +45,7 @@ def torch_to_jax(argv=None) -> pathlib.Path:
     p.error(f'--arch-kwargs is not valid JSON: {e}')
   if not isinstance(kwargs, dict):
     p.error('--arch-kwargs must be a JSON object')
+  _check_output(args.output, args.overwrite)
   sd, used = pth.read_pth(args.input, args.param_key)
   arch = args.arch
   if arch == 'auto':
@@ -55,8 +58,13 @@ def torch_to_jax(argv=None) -> pathlib.Path:
   kwargs = {**detected, **kwargs}
   variables = sd_lib.torch_to_flax(sd, arch, **kwargs)
   cfg = archs.get(arch).config(**kwargs)
-  out = checkpoint.save(args.output, variables, arch, cfg, overwrite=args.overwrite, source=str(args.input),
-                        source_key=used)
+  try:
+    out = checkpoint.save(args.output, variables, arch, cfg, overwrite=args.overwrite, source=str(args.input),
+                          source_key=used)
+  except OSError as e:
+    if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename is None:
+      raise
+    raise cli_common.OutputError(cli_common.output_error_message(e, args.output, '--output')) from e
   n, size = _count(variables)
   print(f'{args.input} [{used or "bare state dict"}] -> {out}: arch {arch} {cfg}, {n} tensors, {size:,} values')
   return out
@@ -75,25 +83,44 @@ def jax_to_torch(argv=None) -> pathlib.Path:
                  'arch read')
   p.add_argument('--legacy-format', action='store_true', help='write the pre-1.6 (non-zip) torch format')
   p.add_argument('--step', type=int, default=None, help='checkpoint step of a training workdir (default: latest)')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
   args = p.parse_args(argv)
+  _check_output(args.output, args.overwrite)
+  pth.check_torch(args.output)
   arch, cfg, variables = checkpoint.load_any(args.input, args.step)
   key = args.param_key or archs.get(arch).torch_key
   key = None if key in (None, 'none') else key
   sd = sd_lib.flax_to_torch(variables, arch, **cfg)
-  pth.write_pth(args.output, sd, key, legacy_format=args.legacy_format)
+  try:
+    pth.write_pth(args.output, sd, key, legacy_format=args.legacy_format)
+  except OSError as e:
+    raise cli_common.OutputError(cli_common.output_error_message(e, args.output, '--output')) from e
   print(f'{args.input} -> {args.output}: arch {arch} {cfg}, {len(sd)} tensors under {key or "(bare)"}')
   return args.output
 
 
+def _check_output(output: pathlib.Path, overwrite: bool) -> None:
+  """Fails before any work on an output that exists (without --overwrite) or cannot be written."""
+  if os.path.lexists(output) and not overwrite:
+    raise FileExistsError(f'--output {output} exists; pass --overwrite to replace it')
+  cli_common.check_writable(pathlib.Path(output).absolute().parent, '--output')
+
+
+# The faults a user can cause (bad input, existing or unwritable output, no torch): one line, no traceback.
+_USER_ERRORS = (sd_lib.ConversionError, FileNotFoundError, FileExistsError, ValueError, pth.TorchNotInstalled)
+
+
 def main_torch_to_jax():
+  cli_common.quiet_backend_probe()
   try:
     torch_to_jax()
-  except (sd_lib.ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
+  except _USER_ERRORS as e:
     sys.exit(f'error: {e}')
 
 
 def main_jax_to_torch():
+  cli_common.quiet_backend_probe()
   try:
     jax_to_torch()
-  except (sd_lib.ConversionError, FileNotFoundError, ValueError) as e:
+  except _USER_ERRORS as e:
     sys.exit(f'error: {e}')

@@ -7,6 +7,11 @@ resolution and augmented (crop jitter, colour tints); the faces are roughly but
 not exactly aligned, so the eye/mouth landmarks are the FFHQ alignment template
 (gfpgan.md section 4, scaled), the same for every image. Good enough to run
 the complete recipe end to end in minutes; not a dataset to judge quality on.
+
+Next to the evaluation faces, `eval_lq/` holds degraded copies of them (the
+official order: blur, downsampling, noise, JPEG, resized back; fixed seed, on
+the host): the inputs to try `restore` on (the clean `eval/` faces are the
+ground truth, which a restoration can only make worse).
 """
 
 import pathlib
@@ -38,17 +43,51 @@ def _augment(face: np.ndarray, size: int, rs: np.random.RandomState) -> np.ndarr
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def degrade(face: np.ndarray, rs: np.random.RandomState) -> np.ndarray:
+  """A degraded copy of a uint8 RGB face [H, W, 3], at the same size (the official order, milder ranges).
+
+  Gaussian blur (sigma 1-3), downsampling by 2-4 (INTER_LINEAR), Gaussian
+  noise (sigma 3-10 of 255), JPEG at quality 50-80, and back to H x W.
+  """
+  import cv2  # pylint: disable=g-import-not-at-top
+  h, w = face.shape[:2]
+  img = cv2.GaussianBlur(face.astype(np.float32), (0, 0), rs.uniform(1.0, 3.0), borderType=cv2.BORDER_REFLECT_101)
+  scale = rs.uniform(2.0, 4.0)
+  img = cv2.resize(img, (max(1, int(w / scale)), max(1, int(h / scale))), interpolation=cv2.INTER_LINEAR)
+  img = img + rs.normal(0.0, rs.uniform(3.0, 10.0), img.shape)
+  img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+  ok, buf = cv2.imencode('.jpg', img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rs.uniform(50, 80))])
+  assert ok
+  img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+  return np.ascontiguousarray(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
+
+
+def _write_degraded_eval(root: pathlib.Path, seed: int) -> None:
+  """`root/eval_lq/NNNNN.png`: degraded copies of `root/eval/NNNNN.png` (idempotent)."""
+  out = root / 'eval_lq'
+  if (out / '.complete').exists():
+    return
+  out.mkdir(parents=True, exist_ok=True)
+  rs = np.random.RandomState(seed + 1)
+  for path in sorted((root / 'eval').glob('*.png')):
+    face = np.asarray(Image.open(path).convert('RGB'))
+    Image.fromarray(degrade(face, rs)).save(out / path.name)
+  (out / '.complete').touch()
+
+
 def write_demo_dataset(root: str | pathlib.Path, resolution: int, num_train: int = 64, num_eval: int = 8,
                        seed: int = 0) -> dict[str, str]:
-  """Writes `root/{train,eval}/NNNNN.png` and `root/landmarks.json` (idempotent).
+  """Writes `root/{train,eval,eval_lq}/NNNNN.png` and `root/landmarks.json` (idempotent).
 
   Returns:
-    {'train_dir', 'eval_dir', 'landmarks_path'}.
+    {'train_dir', 'eval_dir', 'eval_lq_dir' (degraded copies of the eval
+    faces, to restore), 'landmarks_path'}.
   """
   root = pathlib.Path(root)
-  paths = {'train_dir': str(root / 'train'), 'eval_dir': str(root / 'eval'),
+  paths = {'train_dir': str(root / 'train'), 'eval_dir': str(root / 'eval'), 'eval_lq_dir': str(root / 'eval_lq'),
            'landmarks_path': str(root / 'landmarks.json')}
   if (root / '.complete').exists():
+    _write_degraded_eval(root, seed)  # a dataset written before eval_lq/ existed
     return paths
   rs = np.random.RandomState(seed)
   faces = _base_faces()
@@ -63,5 +102,6 @@ def write_demo_dataset(root: str | pathlib.Path, resolution: int, num_train: int
       Image.fromarray(_augment(face, resolution, rs)).save(root / sub / f'{i:05d}.png')
   table = {i: _TEMPLATE_512.copy() for i in range(max(num_train, num_eval))}
   landmarks_lib.save_landmarks(table, root / 'landmarks.json')
+  _write_degraded_eval(root, seed)
   (root / '.complete').touch()
   return paths

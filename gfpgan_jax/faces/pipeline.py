@@ -14,7 +14,10 @@ does (gfpgan.md 4):
    upsampler is given, else the LANCZOS4 resize inside `paste_faces`;
 5. `paste_faces`.
 With `aligned`, the input is resized to S x S (cv2 INTER_LINEAR) and only
-restored, with no paste-back.
+restored, with no paste-back. An input larger than S (e.g. 512 px faces and a
+64 px model) gets its outputs back at its own size: the restored face resized
+with LANCZOS4, and the input itself as the cropped face (as the official
+aligned mode, whose 512 model writes 512 px outputs for 512 px inputs).
 
 Images. The official helper's normalisation (`faces.image_io.to_rgb8`):
 gray is expanded to RGB, RGBA loses its alpha for the faces, and a 16-bit
@@ -53,14 +56,21 @@ log = logging.getLogger('gfpgan_jax.restore')
 MAX_OUTPUT_PIXELS = 1 << 28
 
 
+def _larger(image: np.ndarray, size: int) -> bool:
+  """Whether an aligned input is larger than the model's faces (its outputs are then written at its size)."""
+  return image.shape[0] > size or image.shape[1] > size
+
+
 @dataclasses.dataclass
 class Result:
   """The outcome for one item, in input order.
 
   Attributes:
     item: the input.
-    cropped: uint8 [n, S, S, 3] the aligned input faces.
-    restored: uint8 [n, S, S, 3] the restored faces (the crops where inference failed).
+    cropped: uint8 [n, S, S, 3] the aligned input faces (`aligned` with an
+      input larger than S: the input, [1, H, W, 3]).
+    restored: uint8 [n, S, S, 3] the restored faces (the crops where inference
+      failed); [1, H, W, 3] as `cropped`.
     image: the restored whole image, uint8 (or uint16) [H s, W s, C]; None
       with `aligned`, for markers and failed items.
     error: why the item failed, or ''.
@@ -222,8 +232,9 @@ class PhotoPipeline:
       if self.aligned:
         img = rec.rgb8
         if img.shape[:2] != (s, s):
-          log.info('%s: resized from %dx%d to %dx%d (an aligned face, as the official code)', rec.label,
-                   img.shape[1], img.shape[0], s, s)
+          back = f'; the outputs are written back at {img.shape[1]}x{img.shape[0]}' if _larger(img, s) else ''
+          log.info('%s: resized from %dx%d to %dx%d (an aligned face, as the official code)%s', rec.label,
+                   img.shape[1], img.shape[0], s, s, back)
           img = cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR)
         rec.crops, rec.affines = img[None], np.zeros((1, 2, 3))
         return
@@ -259,6 +270,10 @@ class PhotoPipeline:
       return Result(rec.item, empty, empty, error=rec.error)
     crops = rec.crops if rec.crops is not None else empty
     restored = np.stack(rec.restored) if rec.restored else empty
+    if self.aligned and len(restored) and _larger(rec.rgb8, s):  # back at the input's size
+      h, w = rec.rgb8.shape[:2]
+      crops = rec.rgb8[None]
+      restored = cv2.resize(restored[0], (w, h), interpolation=cv2.INTER_LANCZOS4)[None]
     result = Result(rec.item, crops, restored, failed_faces=rec.failed, no_faces=len(crops) == 0)
     if self.aligned:
       return result
