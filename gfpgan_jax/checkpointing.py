@@ -127,7 +127,7 @@ class Checkpointer:
     return self._saving
 
   def last_good_step(self, verify: bool = True) -> int | None:
-    """The newest step of this workdir that verifies against its manifest (or, unverified, that this run wrote or restored).
+    """The newest step that verifies against its manifest (or, unverified, that this run wrote or restored).
 
     Waits for an in-flight save first. Steps without a manifest that this run
     did not write or restore are not vouched for.

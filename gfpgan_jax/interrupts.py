@@ -68,13 +68,14 @@ class StopSignals:
   Attributes:
     raised: a stop was asked for (the loop saves the current step and stops).
     signal_name: 'SIGTERM' or 'SIGINT', the first stop signal received.
-    in_loop: set by the trainer while it runs steps (else a SIGINT exits at once).
+    phase: 'start' (building, restoring), 'loop' (running steps) or 'end' (closing); set by the trainer. Only in
+      'loop', and not while compiling, does a first SIGINT wait for the step and save it.
   """
 
   def __init__(self, sigint: bool = True):
     self.raised = False
     self.signal_name = None
-    self.in_loop = False
+    self.phase = 'start'
     self._sigints = 0
     self._describe = lambda: 'unknown (the run had not opened its checkpoints yet)'
     self._wait_for_write = lambda: None
@@ -124,10 +125,10 @@ class StopSignals:
       exit_now(f'interrupted again (SIGINT): exiting at once; an in-flight checkpoint write is abandoned (it never '
                f'looks complete); the last checkpoint is {self._safe_describe()}')
     self._stop(signal.SIGINT)
-    if self.in_loop and not main_thread_compiling():
+    if self.phase == 'loop' and not main_thread_compiling():
       log.warning('SIGINT: saving the current step, then stopping (press Ctrl-C again to exit at once)')
       return
-    where = 'while compiling' if self.in_loop else 'before training started'
+    where = {'loop': 'while compiling', 'start': 'before training started', 'end': 'while closing'}[self.phase]
     # Off the watcher thread, so that a second Ctrl-C still exits at once while a write is awaited.
     threading.Thread(target=self._exit_unsaved, args=(where,), daemon=True).start()
 

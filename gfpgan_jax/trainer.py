@@ -319,7 +319,7 @@ def _train(config, workdir, mesh, strict_resume=False):
   skipped = jax.device_put(jnp.zeros((), jnp.float32), repl)
   metrics = None
   try:
-    signals.in_loop = True
+    signals.phase = 'loop'
     for step in range(start, config.total_steps):
       batch = _global_batch(next(train_iter), batch_sh)
       r1 = (step + 1) % config.loss.d_reg_every == 0  # official: current_iter % net_d_reg_every == 0
@@ -347,7 +347,7 @@ def _train(config, workdir, mesh, strict_resume=False):
         log.info('preempted (%s): saved step %d, exiting', signals.signal_name or 'SIGTERM', done)
         break
   finally:
-    signals.in_loop = False
+    signals.phase = 'end'
     try:
       ckpt.close()  # waits for the last save and writes its manifest
     finally:

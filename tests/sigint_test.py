@@ -17,7 +17,7 @@ import pytest
 
 from gfpgan_jax import checkpoint_manifest as manifest
 from gfpgan_jax import checkpointing
-from tests.trainer_test import _TRAIN_WITH_DEVICES, ROOT, _subprocess_env
+from trainer_test import _TRAIN_WITH_DEVICES, ROOT, _subprocess_env
 
 
 class _Proc:
@@ -133,7 +133,7 @@ sys.path.insert(0, sys.argv[1])
 from gfpgan_jax import interrupts
 signals = interrupts.install()
 signals.attach(lambda: 'step 7 in /somewhere', lambda: None)
-signals.in_loop = True
+signals.phase = 'loop'
 print('ready', flush=True)
 while True:
   time.sleep(0.05)
@@ -158,7 +158,7 @@ def test_second_sigint_exits_at_once(spawn):
 
 
 def test_sigint_before_the_loop_exits_at_once(spawn):
-  p = spawn([sys.executable, '-c', _LOOP.replace('signals.in_loop = True', 'signals.in_loop = False'), str(ROOT)],
+  p = spawn([sys.executable, '-c', _LOOP.replace("signals.phase = 'loop'", ''), str(ROOT)],
             _subprocess_env())
   p.wait_for(lambda out: 'ready' in out, timeout=60)
   p.sigint()
