@@ -51,12 +51,16 @@ def exit_now(message: str, code: int = EXIT_INTERRUPTED):
   os._exit(code)  # pylint: disable=protected-access
 
 
+# Functions of jax/_src on the stack of a trace (`jit_trace`), a lowering or a compile (jax 0.8).
+_COMPILE_FRAMES = ('jit_trace', 'jit_lower', 'lower', 'compile')
+
+
 def main_thread_compiling() -> bool:
-  """Whether the main thread is inside a JAX lowering or XLA compile (from its current Python stack)."""
+  """Whether the main thread is tracing, lowering or compiling a jitted function (from its Python stack)."""
   frame = sys._current_frames().get(threading.main_thread().ident)  # pylint: disable=protected-access
   while frame is not None:
     name, path = frame.f_code.co_name, frame.f_code.co_filename.replace(os.sep, '/')
-    if '/jax/_src/' in path and (path.endswith('/compiler.py') or name in ('lower', 'compile')):
+    if '/jax/_src/' in path and (path.endswith('/compiler.py') or name in _COMPILE_FRAMES):
       return True
     frame = frame.f_back
   return False
@@ -125,10 +129,11 @@ class StopSignals:
       exit_now(f'interrupted again (SIGINT): exiting at once; an in-flight checkpoint write is abandoned (it never '
                f'looks complete); the last checkpoint is {self._safe_describe()}')
     self._stop(signal.SIGINT)
-    if self.phase == 'loop' and not main_thread_compiling():
+    compiling = main_thread_compiling()
+    if self.phase == 'loop' and not compiling:
       log.warning('SIGINT: saving the current step, then stopping (press Ctrl-C again to exit at once)')
       return
-    where = {'loop': 'while compiling', 'start': 'before training started', 'end': 'while closing'}[self.phase]
+    where = 'while compiling' if compiling else {'start': 'before training started', 'end': 'while closing'}[self.phase]
     # Off the watcher thread, so that a second Ctrl-C still exits at once while a write is awaited.
     threading.Thread(target=self._exit_unsaved, args=(where,), daemon=True).start()
 
@@ -138,7 +143,7 @@ class StopSignals:
     except Exception as e:  # pylint: disable=broad-except
       log.error('the in-flight checkpoint write failed: %s', e)
     exit_now(f'interrupted (SIGINT) {where}: exiting without saving; the last checkpoint is '
-             f'{self._safe_describe()} (steps after it are not saved); rerun the same command to resume')
+             f'{self._safe_describe()}; rerun the same command to resume')
 
   def _safe_describe(self) -> str:
     try:
