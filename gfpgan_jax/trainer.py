@@ -18,6 +18,7 @@ import numpy as np
 
 from gfpgan_jax import checkpointing
 from gfpgan_jax import config_checks
+from gfpgan_jax import interrupts
 from gfpgan_jax import metrics_io
 from gfpgan_jax import optim
 from gfpgan_jax import sharding
@@ -171,7 +172,7 @@ def check_finite(metrics: dict[str, Any], step: int, ckpt: checkpointing.Checkpo
   for name, value in metrics.items():
     if not math.isfinite(float(value)):
       raise FloatingPointError(f'non-finite {name} = {float(value)} at step {step}; stopping. The last good '
-                               f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
+                               f'checkpoint is {ckpt.describe_last_good(verify=True)}')
 
 
 def _params_finite(state: ts.TrainState) -> dict[str, jax.Array]:
@@ -188,7 +189,7 @@ def check_finite_state(finite: dict[str, Any], step: int, ckpt: checkpointing.Ch
   bad = [name for name, ok in finite.items() if not bool(ok)]
   if bad:
     raise FloatingPointError(f'non-finite values in {", ".join(bad)} at step {step}; not saving. The last good '
-                             f'checkpoint is step {ckpt.latest_step()} in {ckpt.directory}')
+                             f'checkpoint is {ckpt.describe_last_good(verify=True)}')
 
 
 def evaluate(state, frozen, fns: CompiledSteps, config, batch_sharding) -> dict[str, float]:
@@ -218,7 +219,8 @@ def _learning_rates(state: ts.TrainState) -> dict[str, jax.Array]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       allow_config_change: bool = False) -> tuple[ts.TrainState, dict[str, Any]]:
+                       allow_config_change: bool = False,
+                       strict_resume: bool = False) -> tuple[ts.TrainState, dict[str, Any]]:
   """Trains (or resumes) in `workdir` up to `config.total_steps`.
 
   The workdir is locked for the whole run (`workdir_lock`: a second run fails
@@ -230,10 +232,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir: checkpoints, logs and samples.
     allow_config_change: accept a resume that changes the data stream (seeds,
       batch size, sources); the change is recorded in config_changes.jsonl.
+    strict_resume: stop when the latest checkpoint fails verification or
+      restore, instead of falling back to the newest step that passes.
 
   Returns:
-    (final state, info): info holds 'step' (the last completed step) and
-    'compiles' (how many times each jitted step was compiled).
+    (final state, info): info holds 'step' (the last completed step),
+    'compiles' (how many times each jitted step was compiled) and 'stopped_by'
+    ('SIGTERM' or 'SIGINT' when a signal stopped the run early, else None).
 
   Raises:
     config_checks.ConfigError: a bad config or a refused change (nothing written).
@@ -248,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     config = _resolve_demo_data(config, workdir)
     mesh = sharding.make_mesh(config)
     with jax.set_mesh(mesh):  # the context mesh lets batch-local ops (the FFT blur) use shard_map
-      return _train(config, workdir, mesh, resume)
+      return _train(config, workdir, mesh, resume, strict_resume)
   finally:
     lock.release()
 
@@ -264,7 +269,7 @@ def _demo_resolved_view(config: ml_collections.ConfigDict, workdir: pathlib.Path
   return config
 
 
-def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
+def _train(config, workdir, mesh, resume: config_checks.ResumeCheck, strict_resume: bool = False):
   """The body of `train_and_evaluate`, under the context mesh."""
   nets = ts.build_networks(config)
   train_iter = input_pipeline.make_train_iterator(config)  # fails fast on missing data
@@ -283,15 +288,14 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
   abstract = jax.eval_shape(init_fn, jax.random.key(config.seed))
   state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  start = ckpt.latest_step()
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+  state, start = ckpt.restore_latest(target, train_iter, strict=strict_resume)
   if start is None:
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.key(config.seed))
     state = jax.device_put(load_pretrained(state, nets, config), state_sh)
     start = 0
     log.info('initialised a new run in %s', workdir)
   else:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    state = ckpt.restore(start, target, train_iter)
     log.info('resumed from step %d of %s', start, ckpt.directory)
   frozen = jax.device_put(load_frozen(nets, config), repl)
 
@@ -311,11 +315,13 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
   )
 
   progress = metrics_io.Progress(config.total_steps, config.data.batch_size, start)
-  sigterm = checkpointing.SigtermFlag()
+  signals = interrupts.active() or interrupts.StopSignals(sigint=False)  # SIGINT: only from the CLI (train.py)
+  signals.attach(ckpt.describe_last_good, ckpt.wait)
   # The running count of unreadable files, kept on the devices (a global, replicated scalar).
   skipped = jax.device_put(jnp.zeros((), jnp.float32), repl)
   metrics = None
   try:
+    signals.phase = 'loop'
     for step in range(start, config.total_steps):
       batch = _global_batch(next(train_iter), batch_sh)
       r1 = (step + 1) % config.loss.d_reg_every == 0  # official: current_iter % net_d_reg_every == 0
@@ -330,7 +336,7 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
         writer.write_scalars(done, scalars)
       if done % config.image_every_steps == 0:
         writer.write_images(done, {'train/lq_out_gt': np.asarray(fns('preview_step', state, batch))})
-      preempted = sigterm.raised or ckpt.reached_preemption(done)
+      preempted = signals.raised or ckpt.reached_preemption(done)
       if done % config.checkpoint_every_steps == 0 or done == config.total_steps or preempted:
         check_finite(jax.device_get(metrics), done, ckpt)
         check_finite_state(jax.device_get(fns('params_finite', state)), done, ckpt)
@@ -340,13 +346,16 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck):
         writer.write_scalars(done, val)
         log.info('validation at step %d: %s', done, ', '.join(f'{k}={v:.4g}' for k, v in val.items()))
       if preempted:
-        log.info('preempted (SIGTERM): saved step %d, exiting', done)
+        log.info('preempted (%s): saved step %d, exiting', signals.signal_name or 'SIGTERM', done)
         break
   finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    sigterm.restore()
-    if hasattr(train_iter, 'close'):
-      train_iter.close()
-  return state, {'step': int(jax.device_get(state.step)), 'compiles': fns.compiles}
+    signals.phase = 'end'
+    try:
+      ckpt.close()  # waits for the last save and writes its manifest
+    finally:
+      writer.close()
+      if signals is not interrupts.active():
+        signals.restore()
+      if hasattr(train_iter, 'close'):
+        train_iter.close()
+  return state, {'step': int(jax.device_get(state.step)), 'compiles': fns.compiles, 'stopped_by': signals.signal_name}
