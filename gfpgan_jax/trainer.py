@@ -338,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir).absolute()
   validate_config(config)
   workdir.mkdir(parents=True, exist_ok=True)
-  cache = xla_options.enable_compilation_cache(config.get('compilation_cache', True), workdir)
+  cache = xla_options.enable_compilation_cache(config.compilation_cache, workdir)
   log.info('persistent compilation cache: %s', cache or 'off')
   config = _resolve_demo_data(config, workdir)
   mesh = sharding.make_mesh(config)
