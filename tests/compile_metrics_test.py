@@ -15,8 +15,10 @@ from gfpgan_jax import trainer
 from gfpgan_jax import xla_options
 
 
-def _rows(workdir):
-  return [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+def _rows(workdir, prefix='train/'):
+  """The rows of metrics.jsonl with scalars under `prefix` (the training rows; the validation rows are apart)."""
+  rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [r for r in rows if any(k.startswith(prefix) for k in r)]
 
 
 def test_interval_means_average_each_scalar_over_the_steps_that_returned_it():
@@ -110,6 +112,7 @@ def test_compiles_logged_and_cached_metrics_averaged_and_deduplicated_on_resume(
   assert log.index('compiled train_step_r1 in') < log.index('step 1/6')
   first = _rows(tmp_path)
   assert [r['step'] for r in first] == [1, 2, 3, 4, 5, 6]
+  assert [r['step'] for r in _rows(tmp_path, 'val/')] == [6]  # the final validation
   # As if killed after logging step 6 but before checkpoints 4 and 6 were written.
   for step in (4, 6):
     shutil.rmtree(tmp_path / 'checkpoints' / str(step))
@@ -124,6 +127,7 @@ def test_compiles_logged_and_cached_metrics_averaged_and_deduplicated_on_resume(
   assert caplog.text.count('(from the persistent compilation cache)') >= 2, caplog.text
   rows = _rows(tmp_path)
   assert [r['step'] for r in rows] == [1, 2, 6]  # steps 3-6 of the killed run dropped, no duplicates
+  assert [r['step'] for r in _rows(tmp_path, 'val/')] == [6]
   assert rows[:2] == first[:2]
   # Row 6 holds the means over steps 3-6 (the replayed steps equal the killed run's: resume is bit-exact);
   # d/r1 over the R1 steps 4 and 6 (d_reg_every=2); the learning rate at step 6.
