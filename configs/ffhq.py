@@ -154,6 +154,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.async_checkpoints = True
   config.eval_every_steps = 5_000  # official val_freq (needs data.eval_dir)
   config.eval_seed = 1234  # fixed degradations of the validation faces
+  config.compilation_cache = True  # persistent XLA cache in WORKDIR/xla_cache (JAX_COMPILATION_CACHE_DIR wins)
 
   if arg == 'clean':
     m.generator = 'gfpganv1clean'

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -133,8 +134,15 @@ def load_frozen(nets: ts.Networks, config: ml_collections.ConfigDict) -> PyTree:
 # ------------------------------------------------------------------------------
 
 
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+
 class CompiledSteps:
-  """Jitted functions compiled ahead of time on first use, then called as compiled executables.
+  """Jitted functions compiled ahead of time (`compile`, else on first use), then called as compiled executables.
+
+  Each compile is logged ("compiling NAME …", then "compiled NAME in N s",
+  noting a load from the persistent compilation cache), and its seconds are
+  summed in `compile_seconds` (the progress line leaves them out).
 
   In a multi-process run, processes meet at a coordination-service barrier
   after each compile, so no process waits in a cross-process collective while
@@ -146,14 +154,76 @@ class CompiledSteps:
     self._fns = fns
     self._compiled = {}
     self.compiles = {name: 0 for name in fns}
+    self.compile_seconds = 0.0
+
+  def compile(self, name: str, *args):
+    """Compiles `name` for `args` (arrays, or `jax.ShapeDtypeStruct`s with their shardings) unless it is compiled."""
+    if name in self._compiled:
+      return self._compiled[name]
+    hint = (" (minutes on a CPU; XLA's 'Very slow compile?' banner meanwhile is not an error)"
+            if not self._compiled and jax.default_backend() == 'cpu' else '')
+    log.info('compiling %s …%s', name, hint)
+    start, hits = time.perf_counter(), []
+    listener = lambda event, **_: hits.append(event) if event == _CACHE_HIT_EVENT else None
+    jax.monitoring.register_event_listener(listener)
+    try:
+      self._compiled[name] = self._fns[name].lower(*args).compile(compiler_options=xla_options.compiler_options())
+    finally:
+      jax.monitoring.unregister_event_listener(listener)
+    self.compiles[name] += 1
+    host_barrier(f'gfpgan_jax-compiled-{name}')
+    seconds = time.perf_counter() - start
+    self.compile_seconds += seconds
+    log.info('compiled %s in %.1f s%s', name, seconds, ' (from the persistent compilation cache)' if hits else '')
+    return self._compiled[name]
+
+  def out_info(self, name: str) -> PyTree:
+    """The outputs of compiled `name` as `jax.ShapeDtypeStruct`s (with shardings)."""
+    return self._compiled[name].out_info
 
   def __call__(self, name: str, *args):
-    if name not in self._compiled:
-      self._compiled[name] = self._fns[name].lower(*args).compile(
-          compiler_options=xla_options.compiler_options())
-      self.compiles[name] += 1
-      host_barrier(f'gfpgan_jax-compiled-{name}')
-    return self._compiled[name](*args)
+    return self.compile(name, *args)(*args)
+
+
+def _spec(shape: tuple[int, ...], dtype, sharding, weak_type: bool = False) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, weak_type=weak_type)
+
+
+def abstract_batches(config: ml_collections.ConfigDict, batch_sharding) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The global train and eval batches of `input_pipeline` as `jax.ShapeDtypeStruct`s (see its docstring)."""
+  b, e, r = config.data.batch_size, config.data.eval_batch_size, config.data.resolution
+  train = {'gt': _spec((b, r, r, 3), np.uint8, batch_sharding), 'num_skipped': _spec((b,), np.int32, batch_sharding)}
+  if config.data.crop_components:
+    train.update({f'loc_{c}': _spec((b, 4), np.float32, batch_sharding) for c in ts.COMPONENTS})
+  evals = {'gt': _spec((e, r, r, 3), np.uint8, batch_sharding), 'index': _spec((e,), np.int32, batch_sharding),
+           'mask': _spec((e,), np.bool_, batch_sharding), 'num_skipped': _spec((e,), np.int32, batch_sharding)}
+  return train, evals
+
+
+def precompile(fns: CompiledSteps, config: ml_collections.ConfigDict, start: int, state: ts.TrainState, state_sh,
+               batch_sh, frozen: PyTree, skipped: jax.Array):
+  """Compiles, from abstract inputs, every step that the loop from `start` will call, before it runs one.
+
+  So training never pauses for a compile at its first preview or
+  validation, and every compile is over before the progress clock starts.
+  """
+  todo = range(start + 1, config.total_steps + 1)  # the `done` step numbers of the loop
+  r1_steps = {d % config.loss.d_reg_every == 0 for d in todo}
+  state = jax.tree.map(lambda x, sh: _spec(x.shape, x.dtype, sh, x.weak_type), state, state_sh)
+  train_batch, eval_batch = abstract_batches(config, batch_sh)
+  for kind in sorted(r1_steps):
+    name = 'train_step_r1' if kind else 'train_step'
+    fns.compile(name, state, train_batch, frozen)
+    metrics = fns.out_info(name)[1]
+    fns.compile('count_skipped', skipped, metrics['data/num_skipped'])
+    if config.log_every_steps > 1:
+      fns.compile(f'accumulate_{name}', metrics, metrics)
+  if any(d % config.image_every_steps == 0 for d in todo):
+    fns.compile('preview_step', state, train_batch)
+  if todo:
+    fns.compile('params_finite', state)
+    if config.data.eval_dir:
+      fns.compile('eval_step', state, eval_batch, frozen, jax.random.key(config.eval_seed))
 
 
 def host_barrier(name: str, timeout_s: int = 3600):
@@ -206,6 +276,18 @@ def evaluate(state, frozen, fns: CompiledSteps, config, batch_sharding) -> dict[
   return {f'val/{k}': v / max(count, 1.0) for k, v in sums.items()}
 
 
+def _tree_add(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _warn_skipped(total: int, before: int) -> int:
+  """Warns when the count of unreadable training files grows; returns it."""
+  if total > before:
+    log.warning('%d unreadable training files skipped so far (%d new), each replaced by the next readable file; '
+                "the first are named in the 'Skipping unreadable image' warnings", total, total - before)
+  return total
+
+
 def _learning_rates(state: ts.TrainState) -> dict[str, jax.Array]:
   out = {'lr/g': optim.learning_rate(state.g_opt), 'lr/d': optim.learning_rate(state.d_opt)}
   if state.dc_opt:
@@ -250,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   lock = workdir_lock.lock_for_run(workdir)
   try:
     resume = config_checks.check_resume(_demo_resolved_view(config, workdir), workdir, allow_config_change)
+    cache = xla_options.enable_compilation_cache(config.compilation_cache, workdir)
+    log.info('persistent compilation cache: %s', cache or 'off')
     config = _resolve_demo_data(config, workdir)
     mesh = sharding.make_mesh(config)
     with jax.set_mesh(mesh):  # the context mesh lets batch-local ops (the FFT blur) use shard_map
@@ -312,28 +396,39 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck, strict_resu
       eval_step=jit(functools.partial(steps.eval_step, nets=nets, config=config)),
       params_finite=jit(_params_finite),
       count_skipped=jit(lambda total, n: total + n),
+      # Running sums of the step metrics over a log interval (one per step kind: their metrics differ).
+      accumulate_train_step=jit(_tree_add),
+      accumulate_train_step_r1=jit(_tree_add),
   )
 
-  progress = metrics_io.Progress(config.total_steps, config.data.batch_size, start)
   signals = interrupts.active() or interrupts.StopSignals(sigint=False)  # SIGINT: only from the CLI (train.py)
   signals.attach(ckpt.describe_last_good, ckpt.wait)
   # The running count of unreadable files, kept on the devices (a global, replicated scalar).
   skipped = jax.device_put(jnp.zeros((), jnp.float32), repl)
-  metrics = None
+  metrics, skipped_before = None, 0
+  precompile(fns, config, start, state, state_sh, batch_sh, frozen, skipped)
+  writer.resume(start)
+  means = metrics_io.IntervalMeans(lambda kind, sums, m: fns(f'accumulate_{kind}', sums, m))
+  progress = metrics_io.Progress(config.total_steps, config.data.batch_size, start,
+                                 compile_seconds=lambda: fns.compile_seconds)
   try:
     signals.phase = 'loop'
     for step in range(start, config.total_steps):
       batch = _global_batch(next(train_iter), batch_sh)
       r1 = (step + 1) % config.loss.d_reg_every == 0  # official: current_iter % net_d_reg_every == 0
-      state, metrics = fns('train_step_r1' if r1 else 'train_step', state, batch, frozen)
+      kind = 'train_step_r1' if r1 else 'train_step'
+      state, metrics = fns(kind, state, batch, frozen)
       skipped = fns('count_skipped', skipped, metrics['data/num_skipped'])
+      means.add(kind, metrics)
       done = step + 1
       if done % config.log_every_steps == 0 or done == config.total_steps:
-        host = jax.device_get({**metrics, **_learning_rates(state), 'data/num_skipped_total': skipped})
+        # The step metrics are means over the interval; learning rates and the skipped total are at `done`.
+        host = {**means.pop(), **jax.device_get({**_learning_rates(state), 'data/num_skipped_total': skipped})}
         check_finite(host, done, ckpt)
         scalars = {f'train/{k}': v for k, v in host.items()}
         scalars.update(progress.report(done, scalars))
         writer.write_scalars(done, scalars)
+        skipped_before = _warn_skipped(int(host['data/num_skipped_total']), skipped_before)
       if done % config.image_every_steps == 0:
         writer.write_images(done, {'train/lq_out_gt': np.asarray(fns('preview_step', state, batch))})
       preempted = signals.raised or ckpt.reached_preemption(done)

@@ -59,3 +59,28 @@ def _use_cpu_options() -> bool:
     log.info('XLA compiler options %s not supported by this jaxlib (%s); using the defaults', CPU_OPTIONS, e)
     return False
   return True
+
+
+def enable_compilation_cache(enabled: bool, workdir: str | os.PathLike) -> str | None:
+  """Turns on JAX's persistent compilation cache in `workdir/xla_cache`, unless one is set up already.
+
+  A directory chosen before (`JAX_COMPILATION_CACHE_DIR`, `jax.config`, or an
+  earlier call in this process) wins and is kept. With it, a resumed run loads
+  its compiled steps from disk instead of recompiling them (compiles that took
+  under `jax_persistent_cache_min_compile_time_secs`, 1 s by default, are not
+  stored).
+
+  Args:
+    enabled: False: set nothing up (a directory chosen as above still applies).
+    workdir: the run's directory.
+
+  Returns:
+    The cache directory in use, or None.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current or not enabled:
+    return current or None
+  path = os.path.join(os.fspath(workdir), 'xla_cache')
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  return path

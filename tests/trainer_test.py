@@ -58,8 +58,10 @@ def test_tiny_run_on_8_devices(tmp_path):
   state, info = trainer.train_and_evaluate(config, tmp_path)
   assert info['step'] == 3
   # Every jitted function compiled once (train steps with and without R1, previews, validation, checks).
+  # (log_every_steps=1: no interval sums to accumulate.)
   assert info['compiles'] == {'train_step': 1, 'train_step_r1': 1, 'preview_step': 1, 'eval_step': 1,
-                              'params_finite': 1, 'count_skipped': 1}
+                              'params_finite': 1, 'count_skipped': 1, 'accumulate_train_step': 0,
+                              'accumulate_train_step_r1': 0}
   # The state is sharded over the 8 devices (replicated here: pure data parallel).
   leaf = jax.tree.leaves(state.g_params)[0]
   assert len(leaf.sharding.device_set) == 8
