@@ -85,9 +85,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       out_size=512, num_style_feat=512, channel_multiplier=1, num_mlp=8, input_is_latent=True, different_w=True,
       narrow=1.0, sft_half=True))
   m.fix_decoder = True  # freeze the StyleGAN2 decoder (official fix_decoder); masked in the optimiser
-  # StyleGAN2Discriminator options (out_size = data.resolution). The minibatch-stddev group is taken over
-  # the global batch (official: within each GPU's batch of 3).
-  m.discriminator_kwargs = ml_collections.ConfigDict(dict(channel_multiplier=1, stddev_group=4, narrow=1.0))
+  # StyleGAN2Discriminator options (out_size = data.resolution). The minibatch-stddev statistic follows the
+  # official per-GPU batch: basicsr computes it on each GPU's batch_size_per_gpu=3 images with the group
+  # min(3, stddev_group=4) = 3, so stddev_per_gpu_batch=3 splits our global batch of 12 into 4 consecutive
+  # slices of 3, one per official GPU (0 = one slice, as one GPU). data.batch_size must be a multiple of it.
+  m.discriminator_kwargs = ml_collections.ConfigDict(
+      dict(channel_multiplier=1, stddev_group=4, stddev_per_gpu_batch=3, narrow=1.0))
   m.use_components = True  # eye/mouth discriminators and their losses (False = train_gfpgan_v1_simple.yml)
   m.use_identity = True  # ArcFace identity loss (False = simple yml)
   m.arcface_kwargs = ml_collections.ConfigDict(dict(block='IRBlock', layers=(2, 2, 2, 2), use_se=False))
@@ -175,7 +178,7 @@ def _small(config: ml_collections.ConfigDict, arg: str):
   config.data.degradation.downsample_range = (0.8, 4.0)
   config.model.generator_kwargs.update(out_size=res, num_style_feat=64, narrow=0.25, num_mlp=2)
   config.model.fix_decoder = False  # no StyleGAN2 prior can be downloaded: the decoder has to learn too
-  config.model.discriminator_kwargs.update(narrow=0.125)
+  config.model.discriminator_kwargs.update(narrow=0.125, stddev_per_gpu_batch=0)  # one "GPU": groups of 4
   config.model.arcface_kwargs.layers = (1, 1, 1, 1)
   config.loss.eye_size = 16 if demo else 8
   config.loss.mouth_size = 24 if demo else 12

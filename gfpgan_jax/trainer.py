@@ -57,10 +57,13 @@ def validate_config(config: ml_collections.ConfigDict):
       raise ValueError(f'config.data.{name}={b} is not divisible by the {n_dev} devices')
     if b % n_proc:
       raise ValueError(f'config.data.{name}={b} is not divisible by the {n_proc} processes')
-  group = min(config.data.batch_size, config.model.discriminator_kwargs.get('stddev_group', 4))
-  if config.data.batch_size % group:
-    raise ValueError(f'config.data.batch_size={config.data.batch_size} is not divisible by the minibatch-stddev '
-                     f'group {group}')
+  d_kw = config.model.discriminator_kwargs
+  per_gpu = d_kw.get('stddev_per_gpu_batch', 0) or config.data.batch_size
+  group = min(per_gpu, d_kw.get('stddev_group', 4))
+  if config.data.batch_size % per_gpu or per_gpu % group:
+    raise ValueError(f'config.data.batch_size={config.data.batch_size} must be a multiple of the minibatch-stddev '
+                     f'per-GPU batch {per_gpu}, and that of the group {group}: set '
+                     'config.model.discriminator_kwargs.stddev_per_gpu_batch (0 = the whole batch) or stddev_group')
   for size in (config.loss.eye_size, config.loss.mouth_size):
     if size % 4:
       raise ValueError(f'component patch sizes must be multiples of 4, got {size}')

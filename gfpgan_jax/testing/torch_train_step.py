@@ -71,6 +71,25 @@ def basicsr_losses(official) -> types.SimpleNamespace:
                                gan=importlib.import_module('basicsr.losses.gan_loss'))
 
 
+def per_gpu_discriminator(official, stddev_per_gpu_batch: int = 0, **kwargs):
+  """basicsr's `StyleGAN2Discriminator(**kwargs)`, run on consecutive slices of `stddev_per_gpu_batch` images.
+
+  This is the data-parallel official run on one device: each slice is one GPU's batch, which is all that the
+  minibatch-stddev statistic couples (0 = the whole batch, one GPU). Same parameters and state-dict keys.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  base = official.stylegan2_arch.StyleGAN2Discriminator
+  if not stddev_per_gpu_batch:
+    return base(**kwargs)
+
+  class PerGPU(base):
+
+    def forward(self, x):
+      return torch.cat([base.forward(self, s) for s in x.split(stddev_per_gpu_batch)])
+
+  return PerGPU(**kwargs)
+
+
 def official_roi_align(official):
   """`torchvision.ops.roi_align(input, boxes, output_size)` through torchvision's pure-PyTorch code.
 
@@ -252,7 +271,7 @@ def build(config, official=None, seed: int = 0, device: str = 'cpu'):
   # ---- GFPGANModel.__init__ / init_training_settings, with our options
   model.net_g = g_cls(**g_kwargs).to(model.device)
   d_kwargs = dict(m.discriminator_kwargs.to_dict(), out_size=res)
-  model.net_d = official.stylegan2_arch.StyleGAN2Discriminator(**d_kwargs).to(model.device)
+  model.net_d = per_gpu_discriminator(official, **d_kwargs).to(model.device)
   model.net_g_ema = g_cls(**g_kwargs).to(model.device)
   model.model_ema(0)  # copy net_g weight
   model.net_g.train()
