@@ -66,7 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dg.blur_method = 'fft'  # 'fft' (O(HW log HW)) or 'conv' (depthwise conv); same result
   dg.downsample_range = (0.8, 8.0)  # scale s ~ U(range); shrink to (int(h // s), int(w // s)), INTER_LINEAR
   dg.noise_range = (0.0, 20.0)  # Gaussian noise sigma ~ U(range) on the 0-255 scale; None = no noise
-  dg.jpeg_range = (60.0, 100.0)  # JPEG quality ~ U(range), truncated to int like the official code; None = off
+  dg.jpeg_range = (60.0, 100.0)  # JPEG quality ~ U(range), a float made an integer as below; None = off
+  # 'round': to nearest (half to even), as the official run's OpenCV (<= 4.5.2, saturate_cast) did with the
+  # float: qualities 60..100, half weight at the ends. 'floor': int(quality), 60..99 (newer OpenCV needs an int).
+  dg.jpeg_quality_rounding = 'round'
   dg.color_jitter_prob = 0.3  # probability of the per-channel colour shift (official color_jitter_prob)
   dg.color_jitter_shift = 20.0  # colour shift ~ U(-shift, shift) per channel, 0-255 scale
   dg.gray_prob = 0.01  # probability of turning the LQ gray (0.299 R + 0.587 G + 0.114 B)
