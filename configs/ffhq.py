@@ -34,8 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data ----
   config.data = ml_collections.ConfigDict()
   # Host-side grain pipeline (gfpgan_jax/data/input_pipeline.py): read, decode, flip, batch the GT.
-  config.data.source = 'folder'  # 'folder' (PNG/JPEG tree, recursive) | 'tfds' (scripts/prepare_ffhq.py output)
-  config.data.train_dir = ''  # source='folder': HQ faces, e.g. datasets/ffhq/ffhq_512 (official dataroot_gt)
+  # 'folder' (PNG/JPEG tree, recursive) | 'lmdb' (a BasicSR .lmdb folder: data.mdb + meta_info.txt, official
+  # io_backend lmdb; needs pip install '.[lmdb]') | 'tfds' (scripts/prepare_ffhq.py output)
+  config.data.source = 'folder'
+  config.data.train_dir = ''  # source='folder'/'lmdb': HQ faces, e.g. datasets/ffhq/ffhq_512 (official dataroot_gt)
   config.data.tfds_data_dir = ''  # source='tfds': the --output folder of scripts/prepare_ffhq.py
   config.data.tfds_name = 'ffhq_gfpgan'  # source='tfds': dataset name
   config.data.tfds_split = 'train'  # source='tfds': split

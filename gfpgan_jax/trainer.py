@@ -69,8 +69,8 @@ def validate_config(config: ml_collections.ConfigDict):
       raise ValueError(f'component patch sizes must be multiples of 4, got {size}')
   if config.model.use_components and not config.data.crop_components:
     raise ValueError('config.model.use_components needs config.data.crop_components (the eye/mouth boxes)')
-  if config.data.source not in ('folder', 'tfds', 'demo'):
-    raise ValueError(f"config.data.source must be 'folder', 'tfds' or 'demo', got {config.data.source!r}")
+  if config.data.source not in ('folder', 'lmdb', 'tfds', 'demo'):
+    raise ValueError(f"config.data.source must be 'folder', 'lmdb', 'tfds' or 'demo', got {config.data.source!r}")
   ts.vgg_layer_names(config)
 
 

@@ -4,7 +4,7 @@ The degradations that make the LQ input run on the accelerator
 (`gfpgan_jax/data/degradations.py`); the host only does what the official
 `FFHQDegradationDataset` does to the GT (gfpgan.md 3.1, steps 1, 2 and 14):
 
-    source (folder | TFDS ArrayRecord, decoded with PIL to RGB uint8 [R, R, 3])
+    source (folder | BasicSR LMDB | TFDS ArrayRecord, decoded with PIL to RGB uint8 [R, R, 3])
       -> seed -> shuffle -> repeat
       -> RandomHorizontalFlip (p=0.5; image and landmarks)
       -> ComponentBoxes (official eye/mouth boxes)
@@ -64,6 +64,7 @@ import ml_collections
 import numpy as np
 
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import lmdb_source
 from gfpgan_jax.data import sources
 
 logger = logging.getLogger(__name__)
@@ -145,13 +146,17 @@ def make_train_source(config: ml_collections.ConfigDict) -> sources.DecodedSourc
     if not data.train_dir:
       raise ValueError("config.data.train_dir is not set (source='folder')")
     raw = sources.ImageFolderSource(data.train_dir, landmarks, data.landmarks_resolution)
+  elif data.source == 'lmdb':
+    if not data.train_dir:
+      raise ValueError("config.data.train_dir is not set (source='lmdb': the BasicSR .lmdb folder)")
+    raw = lmdb_source.LmdbSource(data.train_dir, landmarks, data.landmarks_resolution)
   elif data.source == 'tfds':
     if not data.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir is not set (source='tfds')")
     raw = sources.TfdsSource(data.tfds_data_dir, data.tfds_name, data.tfds_split, landmarks,
                              data.landmarks_resolution)
   else:
-    raise ValueError(f"config.data.source must be 'folder' or 'tfds', got {data.source!r}")
+    raise ValueError(f"config.data.source must be 'folder', 'lmdb' or 'tfds', got {data.source!r}")
   if data.crop_components and not raw.has_components:
     raise ValueError(
         f'config.data.crop_components=True needs eye/mouth landmarks for {raw!r}: set '

@@ -8,6 +8,8 @@ known:
   **recursively** (FFHQ's `images1024x1024` has 1000-image subfolders, GFPGAN's
   `ffhq_512` is flat; both work), in sorted relative-path order, so the order
   never depends on the file system's listing order.
+* `lmdb_source.LmdbSource`: a BasicSR LMDB (`data.mdb` + `meta_info.txt`);
+  a folder source pointed at one fails with a message saying so.
 * `TfdsSource`: the TFDS ArrayRecord dataset written by
   `scripts/prepare_ffhq.py`, opened with `tfds` random access and no
   TensorFlow. The image is a `tfds.features.Image` (PNG); it is read with
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import lmdb_source
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +137,17 @@ def prepare_image(path: str, resolution: int, compress_level: int = 6) -> tuple[
   try:
     with open(path, 'rb') as f:
       data = f.read()
-    image, mode = decode_image(data, resolution, path)
-  except (OSError, UnreadableImageError) as e:
+  except OSError as e:
+    return None, str(e)
+  return prepare_encoded((data, path), resolution, compress_level)
+
+
+def prepare_encoded(record: tuple[bytes, str], resolution: int, compress_level: int = 6) -> tuple[bytes | None, str]:
+  """`prepare_image` for encoded bytes already read: `record` is `(data, name for messages)`."""
+  data, name = record
+  try:
+    image, mode = decode_image(data, resolution, name)
+  except UnreadableImageError as e:
     return None, str(e)
   # IHDR: width and height (big-endian uint32), bit depth 8, colour type 2 (RGB).
   if data[:16] == _PNG_IHDR and data[16:26] == struct.pack('>IIBB', resolution, resolution, 8, 2):
@@ -156,13 +168,16 @@ def list_image_files(root: str | os.PathLike[str]) -> list[str]:
   Raises:
     FileNotFoundError: `root` does not exist.
     NotADirectoryError: `root` is not a folder.
-    ValueError: no image file under `root`.
+    ValueError: no image file under `root`, or `root` is a BasicSR LMDB (the
+      message says how to read it: `lmdb_source.LmdbSource`).
   """
   root = os.fspath(root)
   if not os.path.exists(root):
     raise FileNotFoundError(f'image folder not found: {root}')
   if not os.path.isdir(root):
     raise NotADirectoryError(f'not a folder of images: {root}')
+  if lmdb_source.is_lmdb_dir(root):
+    raise ValueError(lmdb_source.not_a_folder_message(root))
   files = []
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames[:] = [d for d in dirnames if not d.startswith('.')]
@@ -369,7 +384,7 @@ class DecodedSource:
     """Wraps a raw source.
 
     Args:
-      source: `ImageFolderSource`, `TfdsSource` or anything with `__len__`,
+      source: `ImageFolderSource`, `TfdsSource`, `LmdbSource` or anything with `__len__`,
         `__getitem__` -> `{'data', 'name'[, 'locations']}` and, for
         components, `has_components` and `landmarks_resolution`.
       resolution: output side R.
