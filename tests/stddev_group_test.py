@@ -86,7 +86,13 @@ def test_torch_train_step_discriminator_runs_per_gpu(official, d_pair):
   net.load_state_dict(d_torch.state_dict())
   with torch.no_grad():
     got = net(torch.from_numpy(parity.nhwc_to_nchw(x))).numpy()
-  np.testing.assert_allclose(got, _official_4x3(d_torch, x)[1], rtol=1e-6, atol=1e-7)
+  parity.assert_parity(got, _official_4x3(d_torch, x)[1], 'per-GPU official D')
+  # R1 needs the input gradient through it: the same as through 4 separate calls.
+  xt = torch.from_numpy(parity.nhwc_to_nchw(x)).requires_grad_(True)
+  (grad,) = torch.autograd.grad(net(xt).sum(), xt)
+  parts = [torch.from_numpy(parity.nhwc_to_nchw(s)).requires_grad_(True) for s in np.split(x, _GPUS)]
+  want = torch.cat(torch.autograd.grad(sum(d_torch(p).sum() for p in parts), parts))
+  parity.assert_parity(grad.numpy(), want.numpy(), 'input gradient')
 
 
 def test_recipe_groups_as_the_official_4_gpus_of_3():

@@ -72,10 +72,12 @@ def basicsr_losses(official) -> types.SimpleNamespace:
 
 
 def per_gpu_discriminator(official, stddev_per_gpu_batch: int = 0, **kwargs):
-  """basicsr's `StyleGAN2Discriminator(**kwargs)`, run on consecutive slices of `stddev_per_gpu_batch` images.
+  """basicsr's `StyleGAN2Discriminator(**kwargs)` with its minibatch stddev on slices of `stddev_per_gpu_batch`.
 
-  This is the data-parallel official run on one device: each slice is one GPU's batch, which is all that the
-  minibatch-stddev statistic couples (0 = the whole batch, one GPU). Same parameters and state-dict keys.
+  This is the data-parallel official run on one device: basicsr's forward, but the statistic (its lines, as
+  they are) is computed on each consecutive slice of `stddev_per_gpu_batch` images, one GPU's batch, while the
+  convolutions run once on the whole batch (as fast as the one-GPU official D). 0 = basicsr's D itself. Same
+  parameters and state-dict keys.
   """
   import torch  # pylint: disable=g-import-not-at-top
   base = official.stylegan2_arch.StyleGAN2Discriminator
@@ -85,7 +87,17 @@ def per_gpu_discriminator(official, stddev_per_gpu_batch: int = 0, **kwargs):
   class PerGPU(base):
 
     def forward(self, x):
-      return torch.cat([base.forward(self, s) for s in x.split(stddev_per_gpu_batch)])
+      out = self.conv_body(x)
+      b, c, h, w = out.shape
+      stats = []
+      for part in out.split(stddev_per_gpu_batch):  # basicsr's forward on each GPU's slice
+        group = min(part.shape[0], self.stddev_group)
+        stddev = part.view(group, -1, self.stddev_feat, c // self.stddev_feat, h, w)
+        stddev = torch.sqrt(stddev.var(0, unbiased=False) + 1e-8)
+        stddev = stddev.mean([2, 3, 4], keepdims=True).squeeze(2)
+        stats.append(stddev.repeat(group, 1, h, w))
+      out = self.final_conv(torch.cat([out, torch.cat(stats)], 1))
+      return self.final_linear(out.view(b, -1))
 
   return PerGPU(**kwargs)
 
