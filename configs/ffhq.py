@@ -56,6 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.prefetch_size = 4  # batches buffered per process by those threads (ReadOptions.prefetch_buffer_size)
   config.data.eval_dir = ''  # held-out HQ faces for validation (finite, sorted, no flip); '' = no eval
   config.data.eval_batch_size = 12  # global eval batch (the last one is padded; see batch['mask'])
+  # Given LQ inputs (official dataroot_lq), matched to the GT by file name (any image extension), resized to
+  # data.resolution like the GT. train_lq_dir: the degradations are skipped (LQ and GT flip together).
+  # eval_lq_dir: real pairs (e.g. CelebA-Test) instead of the fixed synthetic degradations. '' = degrade.
+  config.data.train_lq_dir = ''
+  config.data.eval_lq_dir = ''
 
   # Degradation model, applied on the accelerator inside the training step.
   # gfpgan_jax/data/degradations.py; official FFHQDegradationDataset (gfpgan.md 3.1).

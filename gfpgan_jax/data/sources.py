@@ -255,6 +255,68 @@ class ImageFolderSource:
     return f'ImageFolderSource(root={self.root!r}, len={len(self)}, components={self.has_components})'
 
 
+class PairedSource:
+  """A GT source with given LQ inputs from a folder (official `dataroot_lq`), matched by name.
+
+  The LQ of GT record `a/b/00042.png` is the file `a/b/00042.*` (any image
+  extension) under `lq_root`. Elements are the GT source's plus `'lq_data'`
+  (bytes) and `'lq_name'` (its path, for messages).
+  """
+
+  def __init__(self, gt_source, lq_root: str | os.PathLike[str]):
+    """Matches every GT record with its LQ file.
+
+    Raises:
+      FileNotFoundError, NotADirectoryError, ValueError: see
+      `list_image_files`; ValueError if a GT record has no LQ, or two LQ files
+      share a name.
+    """
+    self.gt_source = gt_source
+    self.lq_root = os.fspath(lq_root)
+    by_stem = {}
+    for f in list_image_files(self.lq_root):
+      stem = os.path.splitext(f)[0]
+      if stem in by_stem:
+        raise ValueError(f'{self.lq_root}: two LQ files for {stem!r}: {by_stem[stem]}, {f}')
+      by_stem[stem] = f
+    names = list(gt_source.names) if hasattr(gt_source, 'names') else [
+        gt_source[i]['name'] for i in range(len(gt_source))]
+    self._lq = [by_stem.get(os.path.splitext(n)[0]) for n in names]
+    missing = [n for n, lq in zip(names, self._lq) if lq is None]
+    if missing:
+      raise ValueError(f'{len(missing)} of {len(names)} GT images have no LQ file of the same name in '
+                       f'{self.lq_root}: {missing[:5]}')
+
+  @property
+  def has_components(self) -> bool:
+    return getattr(self.gt_source, 'has_components', False)
+
+  @property
+  def landmarks_resolution(self) -> int:
+    return self.gt_source.landmarks_resolution
+
+  def __len__(self) -> int:
+    return len(self.gt_source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    element = dict(self.gt_source[index])
+    path = os.path.join(self.lq_root, self._lq[index])
+    try:
+      with open(path, 'rb') as f:
+        element['lq_data'] = f.read()
+    except OSError as e:
+      logger.warning('Cannot read %s: %s', path, e)
+      element['lq_data'] = b''
+    element['lq_name'] = path
+    return element
+
+  def location(self, name: str) -> str:
+    return self.gt_source.location(name) if hasattr(self.gt_source, 'location') else name
+
+  def __repr__(self) -> str:
+    return f'PairedSource({self.gt_source!r}, lq_root={self.lq_root!r})'
+
+
 # ---------------------------------------------------------------- TFDS -----
 
 
@@ -363,9 +425,9 @@ def _text(value: bytes | str) -> str:
 class DecodedSource:
   """Decoded RGB uint8 faces at one resolution, for grain.
 
-  `read(i)` returns `{'gt': uint8 [R, R, 3]}` plus `'locations'` (float64
-  [3, 3] in R-pixel coordinates) when `with_components`, or None when record
-  i is unreadable.
+  `read(i)` returns `{'gt': uint8 [R, R, 3]}` plus `'lq'` (uint8 [R, R, 3])
+  for a paired source, `'locations'` (float64 [3, 3] in R-pixel coordinates)
+  when `with_components`, or None when record i (either image) is unreadable.
 
   `__getitem__(i)` never fails on bad data: an unreadable record is replaced by
   the next readable one (i+1, i+2, ... modulo the length), so an epoch keeps
@@ -422,6 +484,12 @@ class DecodedSource:
     if mode != 'RGB':
       self._warn_once(name, 'Converted image %s from mode %s to RGB uint8', where, mode)
     element = {'gt': gt}
+    if 'lq_data' in record:  # a paired LQ (`PairedSource`): decoded and resized like the GT
+      try:
+        element['lq'], _ = decode_image(record['lq_data'], self.resolution, record.get('lq_name', name))
+      except UnreadableImageError as e:
+        self._warn_once(name, 'Skipping unreadable image: %s', e)
+        return None
     if self.with_components:
       element['locations'] = landmarks_lib.scale_locations(record['locations'], self._scale)
     return element
