@@ -187,8 +187,8 @@ def eval_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, key
 
   Returns:
     {'psnr', 'ssim', 'lq_psnr', 'lq_ssim', 'id_deg', 'mask', 'index'}: [B]
-    arrays (`mask` False on padding; `index` the batch's), and 'lq_out_gt': uint8 [B, H, 3W, 3], the LQ | output |
-    GT rows.
+    arrays (`mask` False on padding; `index` the batch's), and 'lq_out_gt':
+    uint8 [B, H, 3W, 3], the LQ | output | GT rows.
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
 
