@@ -35,8 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data ----
   config.data = ml_collections.ConfigDict()
   # Host-side grain pipeline (gfpgan_jax/data/input_pipeline.py): read, decode, flip, batch the GT.
-  config.data.source = 'folder'  # 'folder' (PNG/JPEG tree, recursive) | 'tfds' (scripts/prepare_ffhq.py output)
-  config.data.train_dir = ''  # source='folder': HQ faces, e.g. datasets/ffhq/ffhq_512 (official dataroot_gt)
+  # 'folder' (PNG/JPEG tree, recursive) | 'lmdb' (a BasicSR .lmdb folder: data.mdb + meta_info.txt, official
+  # io_backend lmdb; needs pip install '.[lmdb]') | 'tfds' (scripts/prepare_ffhq.py output)
+  config.data.source = 'folder'
+  config.data.train_dir = ''  # source='folder'/'lmdb': HQ faces, e.g. datasets/ffhq/ffhq_512 (official dataroot_gt)
   config.data.tfds_data_dir = ''  # source='tfds': the --output folder of scripts/prepare_ffhq.py
   config.data.tfds_name = 'ffhq_gfpgan'  # source='tfds': dataset name
   config.data.tfds_split = 'train'  # source='tfds': split
@@ -55,6 +57,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.prefetch_size = 4  # batches buffered per process by those threads (ReadOptions.prefetch_buffer_size)
   config.data.eval_dir = ''  # held-out HQ faces for validation (finite, sorted, no flip); '' = no eval
   config.data.eval_batch_size = 12  # global eval batch (the last one is padded; see batch['mask'])
+  # Given LQ inputs (official dataroot_lq), matched to the GT by file name (any image extension), resized to
+  # data.resolution like the GT. train_lq_dir: the degradations are skipped (LQ and GT flip together).
+  # eval_lq_dir: real pairs (e.g. CelebA-Test) instead of the fixed synthetic degradations. '' = degrade.
+  config.data.train_lq_dir = ''
+  config.data.eval_lq_dir = ''
 
   # Degradation model, applied on the accelerator inside the training step.
   # gfpgan_jax/data/degradations.py; official FFHQDegradationDataset (gfpgan.md 3.1).
@@ -67,7 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dg.blur_method = 'fft'  # 'fft' (O(HW log HW)) or 'conv' (depthwise conv); same result
   dg.downsample_range = (0.8, 8.0)  # scale s ~ U(range); shrink to (int(h // s), int(w // s)), INTER_LINEAR
   dg.noise_range = (0.0, 20.0)  # Gaussian noise sigma ~ U(range) on the 0-255 scale; None = no noise
-  dg.jpeg_range = (60.0, 100.0)  # JPEG quality ~ U(range), truncated to int like the official code; None = off
+  dg.jpeg_range = (60.0, 100.0)  # JPEG quality ~ U(range), a float made an integer as below; None = off
+  # 'round': to nearest (half to even), as the official run's OpenCV (<= 4.5.2, saturate_cast) did with the
+  # float: qualities 60..100, half weight at the ends. 'floor': int(quality), 60..99 (newer OpenCV needs an int).
+  dg.jpeg_quality_rounding = 'round'
   dg.color_jitter_prob = 0.3  # probability of the per-channel colour shift (official color_jitter_prob)
   dg.color_jitter_shift = 20.0  # colour shift ~ U(-shift, shift) per channel, 0-255 scale
   dg.gray_prob = 0.01  # probability of turning the LQ gray (0.299 R + 0.587 G + 0.114 B)
@@ -86,9 +96,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       out_size=512, num_style_feat=512, channel_multiplier=1, num_mlp=8, input_is_latent=True, different_w=True,
       narrow=1.0, sft_half=True))
   m.fix_decoder = True  # freeze the StyleGAN2 decoder (official fix_decoder); masked in the optimiser
-  # StyleGAN2Discriminator options (out_size = data.resolution). The minibatch-stddev group is taken over
-  # the global batch (official: within each GPU's batch of 3).
-  m.discriminator_kwargs = ml_collections.ConfigDict(dict(channel_multiplier=1, stddev_group=4, narrow=1.0))
+  # StyleGAN2Discriminator options (out_size = data.resolution). The minibatch-stddev statistic follows the
+  # official per-GPU batch: basicsr computes it on each GPU's batch_size_per_gpu=3 images with the group
+  # min(3, stddev_group=4) = 3, so stddev_per_gpu_batch=3 splits our global batch of 12 into 4 consecutive
+  # slices of 3, one per official GPU (0 = one slice, as one GPU). data.batch_size must be a multiple of it.
+  m.discriminator_kwargs = ml_collections.ConfigDict(
+      dict(channel_multiplier=1, stddev_group=4, stddev_per_gpu_batch=3, narrow=1.0))
   m.use_components = True  # eye/mouth discriminators and their losses (False = train_gfpgan_v1_simple.yml)
   m.use_identity = True  # ArcFace identity loss (False = simple yml)
   m.arcface_kwargs = ml_collections.ConfigDict(dict(block='IRBlock', layers=(2, 2, 2, 2), use_se=False))
@@ -181,7 +194,7 @@ def _small(config: ml_collections.ConfigDict, arg: str):
   config.data.degradation.downsample_range = (0.8, 4.0)
   config.model.generator_kwargs.update(out_size=res, num_style_feat=64, narrow=0.25, num_mlp=2)
   config.model.fix_decoder = False  # no StyleGAN2 prior can be downloaded: the decoder has to learn too
-  config.model.discriminator_kwargs.update(narrow=0.125)
+  config.model.discriminator_kwargs.update(narrow=0.125, stddev_per_gpu_batch=0)  # one "GPU": groups of 4
   config.model.arcface_kwargs.layers = (1, 1, 1, 1)
   config.loss.eye_size = 16 if demo else 8
   config.loss.mouth_size = 24 if demo else 12

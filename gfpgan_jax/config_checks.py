@@ -157,10 +157,13 @@ def _check_devices(config):
       raise ConfigError(f'config.data.{name}={b} is not divisible by the {n_dev} devices')
     if b % n_proc:
       raise ConfigError(f'config.data.{name}={b} is not divisible by the {n_proc} processes')
-  group = min(config.data.batch_size, config.model.discriminator_kwargs.get('stddev_group', 4))
-  if config.data.batch_size % group:
-    raise ConfigError(f'config.data.batch_size={config.data.batch_size} is not divisible by the minibatch-stddev '
-                      f'group {group}')
+  d_kw = config.model.discriminator_kwargs
+  per_gpu = d_kw.get('stddev_per_gpu_batch', 0) or config.data.batch_size
+  group = min(per_gpu, d_kw.get('stddev_group', 4))
+  if config.data.batch_size % per_gpu or per_gpu % group:
+    raise ConfigError(f'config.data.batch_size={config.data.batch_size} must be a multiple of the minibatch-stddev '
+                      f'per-GPU batch {per_gpu}, and that of the group {group}: set '
+                      'config.model.discriminator_kwargs.stddev_per_gpu_batch (0 = the whole batch) or stddev_group')
 
 
 def _check_model(config):
@@ -176,8 +179,8 @@ def _check_model(config):
       raise ConfigError(f'component patch sizes must be multiples of 4, got {size}')
   if config.model.use_components and not config.data.crop_components:
     raise ConfigError('config.model.use_components needs config.data.crop_components (the eye/mouth boxes)')
-  if config.data.source not in ('folder', 'tfds', 'demo'):
-    raise ConfigError(f"config.data.source must be 'folder', 'tfds' or 'demo', got {config.data.source!r}")
+  if config.data.source not in ('folder', 'lmdb', 'tfds', 'demo'):
+    raise ConfigError(f"config.data.source must be 'folder', 'lmdb', 'tfds' or 'demo', got {config.data.source!r}")
   m = config.model
   if m.generator not in ts.DECODER_ARCH:
     raise ConfigError(f'config.model.generator must be one of {sorted(ts.DECODER_ARCH)}, got {m.generator!r}')

@@ -2,7 +2,8 @@
 
 One training iteration, as the official `GFPGANModel.optimize_parameters`:
 
-1. Degrade the GT batch on the device (`data.degradations`) -> (gt, lq) in [-1, 1].
+1. Degrade the GT batch on the device (`data.degradations`) -> (gt, lq) in [-1, 1],
+   or take the batch's given `lq` (paired data, `data.train_lq_dir`).
 2. G step: `out, out_rgbs = G(lq)` with fresh decoder noise; the sum of every G
    loss (pixel, pyramid, perceptual + style, GAN, component GAN + style, identity)
    with D and the component Ds fixed; Adam (frozen decoder masked); EMA.
@@ -40,6 +41,16 @@ def make_pair(key: Array, gt_uint8: Array, config: ml_collections.ConfigDict) ->
   gt01 = gt_uint8.astype(F32) / 255.0
   gt01, lq01 = degradations.degrade_pair(key, gt01, config.data.degradation)
   return gt01 * 2.0 - 1.0, lq01 * 2.0 - 1.0
+
+
+def batch_pair(key: Array, batch: dict[str, Array], config: ml_collections.ConfigDict,
+               num: int | None = None) -> tuple[Array, Array]:
+  """(gt, lq) float32 in [-1, 1] of the first `num` samples: the batch's given `lq` (paired data, no
+  degradation) or `make_pair`."""
+  gt = batch['gt'][:num]
+  if 'lq' in batch:
+    return gt.astype(F32) / 127.5 - 1.0, batch['lq'][:num].astype(F32) / 127.5 - 1.0
+  return make_pair(key, gt, config)
 
 
 def _locs(batch: dict[str, Array]) -> dict[str, Array]:
@@ -92,7 +103,8 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
 
   Args:
     state: the train state.
-    batch: {'gt': uint8 [B,H,W,3], 'loc_*': float32 [B,4] (with components), 'num_skipped': int32 [B]}.
+    batch: {'gt': uint8 [B,H,W,3], 'loc_*': float32 [B,4] (with components), 'num_skipped': int32 [B]},
+      and 'lq': uint8 [B,H,W,3] for paired data (then nothing is degraded).
     frozen: variables of the frozen loss networks ({'vgg', 'arcface'}).
     nets: the modules and optimisers (static).
     config: the experiment config (static).
@@ -100,7 +112,7 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
   """
   lc = config.loss
   k_deg, k_noise = jax.random.split(step_key(state))
-  gt, lq = make_pair(k_deg, batch['gt'], config)
+  gt, lq = batch_pair(k_deg, batch, config)
   locs = _locs(batch) if nets.dc is not None else None
   real_patches = _patches(gt, locs, lc) if nets.dc is not None else None
 
@@ -168,27 +180,41 @@ def eval_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, key
               config: ml_collections.ConfigDict) -> dict[str, Array]:
   """Validation of G-EMA on one batch of held-out faces: per-sample PSNR, SSIM and identity distance.
 
-  Each face gets its own fixed degradation (the key folded with its index), so
-  every evaluation sees the same LQ inputs.
+  The LQ inputs are the batch's `lq` (given pairs, `data.eval_lq_dir`) or, by
+  default, a fixed degradation of each face (the key folded with its index), so
+  every evaluation sees the same LQ inputs. The LQ's own PSNR/SSIM against the
+  GT are measured too, to show whether the model beats its input.
 
   Returns:
-    {'psnr', 'ssim', 'id_deg', 'mask'}: [B] arrays (`mask` False on padding).
+    {'psnr', 'ssim', 'lq_psnr', 'lq_ssim', 'id_deg', 'mask', 'index'}: [B]
+    arrays (`mask` False on padding; `index` the batch's), and 'lq_out_gt':
+    uint8 [B, H, 3W, 3], the LQ | output | GT rows.
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
 
   k_deg, k_noise = jax.random.split(key)
-  dcfg = config.data.degradation
-  params = degradations.sample_params_per_key(jax.vmap(lambda i: jax.random.fold_in(k_deg, i))(batch['index']), dcfg)
-  gt, lq = degradations.pair_from_params(batch['gt'].astype(F32) / 255.0, params, dcfg)
-  gt, lq = gt * 2.0 - 1.0, lq * 2.0 - 1.0
+  if 'lq' in batch:
+    gt, lq = batch['gt'].astype(F32) / 127.5 - 1.0, batch['lq'].astype(F32) / 127.5 - 1.0
+  else:
+    dcfg = config.data.degradation
+    params = degradations.sample_params_per_key(jax.vmap(lambda i: jax.random.fold_in(k_deg, i))(batch['index']),
+                                                dcfg)
+    gt, lq = degradations.pair_from_params(batch['gt'].astype(F32) / 255.0, params, dcfg)
+    gt, lq = gt * 2.0 - 1.0, lq * 2.0 - 1.0
   out, _ = nets.g.apply({'params': state.g_ema_params, 'noises': state.g_noises}, lq, return_rgb=False,
                         randomize_noise=True, rngs={'noise': k_noise})
-  out8 = jnp.round((jnp.clip(out.astype(F32), -1, 1) + 1) * 127.5)  # tensor2img
-  gt8 = jnp.round((gt + 1) * 127.5)
-  mse = jnp.mean(jnp.square(out8 - gt8), axis=(1, 2, 3))
-  psnr = 10.0 * jnp.log10(255.0**2 / jnp.maximum(mse, 1e-10))
-  ssim = dm_pix.ssim(out8 / 255.0, gt8 / 255.0)
-  metrics = {'psnr': psnr, 'ssim': ssim, 'mask': batch['mask']}
+  to8 = lambda x: jnp.round((jnp.clip(x.astype(F32), -1, 1) + 1) * 127.5)  # tensor2img
+  out8, gt8, lq8 = to8(out), to8(gt), to8(lq)
+
+  def psnr_ssim(x8):
+    mse = jnp.mean(jnp.square(x8 - gt8), axis=(1, 2, 3))
+    return 10.0 * jnp.log10(255.0**2 / jnp.maximum(mse, 1e-10)), dm_pix.ssim(x8 / 255.0, gt8 / 255.0)
+
+  psnr, ssim = psnr_ssim(out8)
+  lq_psnr, lq_ssim = psnr_ssim(lq8)
+  metrics = {'psnr': psnr, 'ssim': ssim, 'lq_psnr': lq_psnr, 'lq_ssim': lq_ssim, 'mask': batch['mask'],
+             'index': batch['index'],
+             'lq_out_gt': jnp.concatenate([lq8, out8, gt8], axis=2).astype(jnp.uint8)}
   if nets.arcface is not None:
     e_out, e_gt = _gray_embed(nets, frozen, out), _gray_embed(nets, frozen, gt)
     cos = jnp.sum(e_out * e_gt, -1) / (jnp.linalg.norm(e_out, axis=-1) * jnp.linalg.norm(e_gt, axis=-1) + 1e-12)
@@ -200,7 +226,7 @@ def preview_step(state: ts.TrainState, batch: dict[str, Array], *, nets: ts.Netw
                  config: ml_collections.ConfigDict, num: int) -> Array:
   """LQ | G-EMA output | GT rows for the first `num` samples of a train batch, uint8 [num, H, 3W, 3]."""
   key = jax.random.fold_in(step_key(state), 1)
-  gt, lq = make_pair(key, batch['gt'][:num], config)
+  gt, lq = batch_pair(key, batch, config, num)
   out, _ = nets.g.apply({'params': state.g_ema_params, 'noises': state.g_noises}, lq, return_rgb=False,
                         randomize_noise=True, rngs={'noise': key})
   to8 = lambda x: jnp.round((jnp.clip(x.astype(F32), -1, 1) + 1) * 127.5).astype(jnp.uint8)

@@ -262,13 +262,33 @@ def check_finite_state(finite: dict[str, Any], step: int, ckpt: checkpointing.Ch
                              f'checkpoint is {ckpt.describe_last_good(verify=True)}')
 
 
-def evaluate(state, frozen, fns: CompiledSteps, config, batch_sharding) -> dict[str, float]:
-  """Masked means of the per-face validation metrics over the whole eval set."""
+def evaluate(state, frozen, fns: CompiledSteps, config, batch_sharding, image_dir=None) -> dict[str, float]:
+  """Masked means of the per-face validation metrics over the whole eval set.
+
+  With `image_dir`, process 0 also writes each face's LQ | output | GT row there as `<eval file stem>.png`
+  (each file written whole, then renamed into place).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   sums, count = {}, 0.0
   key = jax.random.key(config.eval_seed)
   it = input_pipeline.make_eval_iterator(config)
+  names = sources.list_image_files(config.data.eval_dir) if image_dir is not None else None
   for batch in it:
     m = jax.device_get(fns('eval_step', state, _global_batch(batch, batch_sharding), frozen, key))
+    rows = m.pop('lq_out_gt')
+    if names is not None and jax.process_index() == 0:
+      image_dir = pathlib.Path(image_dir)
+      image_dir.mkdir(parents=True, exist_ok=True)
+      for row, index, ok in zip(rows, np.asarray(m['index']), np.asarray(m['mask'])):
+        if ok:
+          path = image_dir / (pathlib.PurePosixPath(names[index]).with_suffix('.png').as_posix().replace('/', '__'))
+          tmp = path.with_name(path.name + '.tmp')
+          Image.fromarray(np.asarray(row)).save(tmp, format='PNG')
+          os.replace(tmp, path)
+    m.pop('index', None)
     mask = m.pop('mask').astype(np.float64)
     count += mask.sum()
     for k, v in m.items():
@@ -437,7 +457,7 @@ def _train(config, workdir, mesh, resume: config_checks.ResumeCheck, strict_resu
         check_finite_state(jax.device_get(fns('params_finite', state)), done, ckpt)
         ckpt.save(done, state, train_iter)
       if config.data.eval_dir and (done % config.eval_every_steps == 0 or done == config.total_steps):
-        val = evaluate(state, frozen, fns, config, batch_sh)
+        val = evaluate(state, frozen, fns, config, batch_sh, workdir / 'images' / 'val' / f'{done:08d}')
         writer.write_scalars(done, val)
         log.info('validation at step %d: %s', done, ', '.join(f'{k}={v:.4g}' for k, v in val.items()))
       if preempted:

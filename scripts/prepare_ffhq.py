@@ -1,4 +1,4 @@
-r"""Turns a local FFHQ folder into a TFDS ArrayRecord dataset for the grain pipeline.
+r"""Turns a local FFHQ folder (or BasicSR LMDB) into a TFDS ArrayRecord dataset for the grain pipeline.
 
     python scripts/prepare_ffhq.py --input datasets/ffhq/ffhq_512 \
         --landmarks landmarks.json --output datasets/tfds [--resolution 512]
@@ -6,7 +6,10 @@ r"""Turns a local FFHQ folder into a TFDS ArrayRecord dataset for the grain pipe
 then train with `config.data.source='tfds'`, `config.data.tfds_data_dir=datasets/tfds`.
 
 Every image file under `--input` (recursively; see
-`gfpgan_jax.data.sources.list_image_files`) becomes one example:
+`gfpgan_jax.data.sources.list_image_files`) becomes one example. `--input` may
+also be a BasicSR LMDB folder (`ffhq_512.lmdb/` with `data.mdb` and
+`meta_info.txt`, needs `pip install '.[lmdb]'`): its images, in
+`meta_info.txt` order, named as listed there (e.g. `00042.png`):
 
     'image':      tfds.features.Image((R, R, 3), PNG)  RGB uint8; an RGB PNG that
                   already is R x R keeps its bytes, others are converted to
@@ -38,6 +41,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import lmdb_source
 from gfpgan_jax.data import sources
 
 logger = logging.getLogger('prepare_ffhq')
@@ -84,13 +88,21 @@ class FfhqGfpgan(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {sources.TFDS_SPLIT: self._generate_examples()}
 
   def _generate_examples(self):
-    paths = [os.path.join(self._input_dir, name) for name in self._names]
-    fn = functools.partial(sources.prepare_image, resolution=self._resolution, compress_level=self._compress_level)
+    kw = dict(resolution=self._resolution, compress_level=self._compress_level)
+    if lmdb_source.is_lmdb_dir(self._input_dir):
+      db = lmdb_source.LmdbSource(self._input_dir)
+      paths = [db.location(name) for name in self._names]
+      fn = functools.partial(sources.prepare_encoded, **kw)
+      inputs = ((db[i]['data'], paths[i]) for i in range(len(db)))
+    else:
+      paths = [os.path.join(self._input_dir, name) for name in self._names]
+      fn = functools.partial(sources.prepare_image, **kw)
+      inputs = paths
     if self._num_workers:
       pool = multiprocessing.get_context('spawn').Pool(self._num_workers)
-      results = pool.imap(fn, paths, chunksize=16)
+      results = pool.imap(fn, inputs, chunksize=16)
     else:
-      pool, results = None, map(fn, paths)
+      pool, results = None, map(fn, inputs)
     try:
       for n, (png, note) in enumerate(tqdm.tqdm(results, total=len(paths), desc='Encoding', unit='img')):
         name = self._names[n]
@@ -115,7 +127,8 @@ class FfhqGfpgan(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--input', required=True, help='folder of FFHQ images (PNG/JPEG, searched recursively)')
+  parser.add_argument('--input', required=True,
+                      help='folder of FFHQ images (PNG/JPEG, searched recursively), or a BasicSR .lmdb folder')
   parser.add_argument('--output', required=True, help='TFDS data_dir to write <name>/1.0.0/ into')
   parser.add_argument('--landmarks', default='', help='eye/mouth landmarks (.json, .npz or official .pth)')
   parser.add_argument('--landmarks-resolution', type=int, default=512, help='pixel frame of the landmarks file')
@@ -133,7 +146,10 @@ def main(argv=None) -> str:
   args = parse_args(argv)
   if not os.path.isdir(args.input):
     raise FileNotFoundError(f'--input folder not found: {args.input}')
-  names = sources.list_image_files(args.input)  # raises on an empty folder
+  if lmdb_source.is_lmdb_dir(args.input):
+    names = lmdb_source.LmdbSource(args.input).names  # raises on a bad LMDB
+  else:
+    names = sources.list_image_files(args.input)  # raises on an empty folder
   locations = None
   if args.landmarks:
     table = landmarks_lib.load_landmarks(args.landmarks)

@@ -44,6 +44,9 @@ VARIANTS = {
                      color_jitter_pt_prob=None),
     # The colour ops off in both ways the config allows (None and 0).
     'no_colour': dict(color_jitter_prob=None, gray_prob=0.0, color_jitter_pt_prob=0.0),
+    # Geometry and JPEG, with each rounding of the float JPEG quality.
+    **{f'jpeg_{r}': dict(noise_range=None, color_jitter_prob=None, gray_prob=0.0, color_jitter_pt_prob=None,
+                         jpeg_quality_rounding=r) for r in ('round', 'floor')},
 }
 
 
@@ -273,6 +276,47 @@ def test_sampled_parameters_follow_the_config():
   # The flags are independent draws.
   both = p['shift_apply'] & p['jitter_apply']
   check_freq(both, 0.09, 'shift and jitter')
+
+
+@pytest.mark.parametrize('rounding', ['round', 'floor'])
+def test_jpeg_quality_histogram(rounding):
+  """The integer qualities the codec gets from U(60, 100) draws.
+
+  'round' (the official run's OpenCV): 60..100, 1/40 each, but 1/80 at 60 and
+  100. 'floor' (int(quality)): 60..99, 1/40 each, never 100.
+  """
+  n = 200_000
+  cfg = _cfg(jpeg_quality_rounding=rounding)
+  q = jax.jit(lambda k: degradations.codec_quality(degradations.sample_params(k, n, cfg)['jpeg_quality'], cfg))(
+      jax.random.key(5))
+  counts = np.bincount(np.asarray(q), minlength=102)
+  want = np.zeros(102)
+  if rounding == 'round':
+    want[61:100] = 1 / 40
+    want[[60, 100]] = 1 / 80
+  else:
+    want[60:100] = 1 / 40
+  assert counts[want == 0].sum() == 0, np.nonzero(counts * (want == 0))
+  bins = want > 0
+  sd = np.sqrt(n * want[bins] * (1 - want[bins]))
+  assert np.all(np.abs(counts[bins] - n * want[bins]) < 5 * sd), counts[bins]
+  # The ends are really half bins (a 5-sigma bar cannot confuse 1/80 with 1/40 at this n).
+  end = counts[60] / n
+  assert (end < 0.75 / 40) == (rounding == 'round'), end
+
+
+@pytest.mark.parametrize('rounding', ['round', 'floor'])
+def test_degradations_hand_the_codec_the_rounded_quality(rounding):
+  """`apply` at quality 74.6 is `apply` at 75 ('round') or at 74 ('floor'), the two of which differ."""
+  x = jnp.asarray(_faces(N))
+  p = degradations.sample_params(jax.random.key(9), N, _cfg())
+  fn = _apply(f'jpeg_{rounding}')
+  out = {q: np.asarray(fn(x, dict(p, jpeg_quality=jnp.full((N,), q, jnp.float32)))) for q in (74.6, 74.0, 75.0)}
+  near = 75.0 if rounding == 'round' else 74.0
+  np.testing.assert_array_equal(out[74.6], out[near])
+  assert np.abs(out[74.0] - out[75.0]).max() > 0
+  with pytest.raises(ValueError, match='jpeg_quality_rounding must be one of'):
+    degradations.apply(x, p, _cfg(jpeg_quality_rounding='trunc'))
 
 
 def test_disabled_ops_are_identities():

@@ -29,8 +29,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted():
-  return jax.jit(jpeg.jpeg_compress)
+def _jitted(rounding='round'):
+  return jax.jit(functools.partial(jpeg.jpeg_compress, rounding=rounding))
 
 
 def test_quant_tables_match_libjpeg():
@@ -62,18 +62,34 @@ def test_matches_pil_at_every_quality(name):
   assert worst == np.inf
 
 
-def test_per_sample_quality_sizes_and_truncation_under_jit():
+# The integer quality of each float: 'round' is to nearest, half to even (74.5 -> 74) as OpenCV <= 4.5.2's
+# saturate_cast; 'floor' is int(quality).
+_FLOAT_QUALITIES = np.array([60.0, 99.9, 74.5, 100.0, 63.7, 87.0], np.float32)
+_INT_QUALITIES = {'round': [60, 100, 74, 100, 64, 87], 'floor': [60, 99, 74, 100, 63, 87]}
+
+
+def test_quality_to_int_rounds_or_floors():
+  for rounding, want in _INT_QUALITIES.items():
+    np.testing.assert_array_equal(jpeg.quality_to_int(jnp.asarray(_FLOAT_QUALITIES), rounding), want)
+    assert [cv2_degradations.jpeg_quality_int(float(q), rounding) for q in _FLOAT_QUALITIES] == want
+  np.testing.assert_array_equal(jpeg.quality_to_int(jnp.asarray([75.5, 0.2, 100.4, 130.0])), [76, 1, 100, 100])
+  with pytest.raises(ValueError, match="rounding must be one of \\('round', 'floor'\\), got 'trunc'"):
+    jpeg.quality_to_int(jnp.asarray([70.0]), 'trunc')
+
+
+@pytest.mark.parametrize('rounding', ['round', 'floor'])
+def test_per_sample_quality_sizes_and_rounding_under_jit(rounding):
   """One jitted call, a different quality and picture size per sample."""
   rng = np.random.default_rng(0)
   src = skimage.data.coffee()
   buf_h, buf_w = 48, 64
   sizes = [(48, 64), (37, 51), (16, 16), (9, 23), (33, 8), (3, 5)]
-  qualities = np.array([60.0, 99.9, 75.5, 100.0, 63.2, 87.0], np.float32)
+  qualities = _FLOAT_QUALITIES
   batch = rng.integers(0, 256, (len(sizes), buf_h, buf_w, 3)).astype(np.uint8)  # garbage padding
   for i, (h, w) in enumerate(sizes):
     batch[i, :h, :w] = src[100 + 7 * i:100 + 7 * i + h, 200:200 + w]
-  out = _jitted()(jnp.asarray(batch, jnp.float32) / 255.0, jnp.asarray(qualities),
-                  valid_size=jnp.asarray(sizes, jnp.int32))
+  out = _jitted(rounding)(jnp.asarray(batch, jnp.float32) / 255.0, jnp.asarray(qualities),
+                          valid_size=jnp.asarray(sizes, jnp.int32))
   assert out.dtype == jnp.float32 and out.shape == batch.shape
   out = np.asarray(out)
   np.testing.assert_allclose(out * 255.0, np.round(out * 255.0), atol=1e-3)  # 8-bit levels
@@ -81,10 +97,10 @@ def test_per_sample_quality_sizes_and_truncation_under_jit():
   for i, (h, w) in enumerate(sizes):
     crop = np.ascontiguousarray(batch[i, :h, :w])
     ours = np.round(out[i, :h, :w] * 255.0).astype(np.uint8)
-    # The float quality is truncated, as the official int(quality).
-    np.testing.assert_array_equal(ours, _pil_roundtrip(crop, int(qualities[i])), err_msg=f'{(h, w)}')
+    # The float quality is made an integer by `rounding`.
+    np.testing.assert_array_equal(ours, _pil_roundtrip(crop, _INT_QUALITIES[rounding][i]), err_msg=f'{(h, w)}')
     # OpenCV's codec (the one the official pipeline calls) gives the same.
-    cv = cv2_degradations.jpeg_roundtrip(crop[..., ::-1].astype(np.float32) / 255.0, qualities[i])
+    cv = cv2_degradations.jpeg_roundtrip(crop[..., ::-1].astype(np.float32) / 255.0, qualities[i], rounding)
     np.testing.assert_array_equal(ours, np.round(cv[..., ::-1] * 255.0).astype(np.uint8))
   # Quality really matters per sample: 60 vs 100 on the same picture.
   same = jnp.broadcast_to(jnp.asarray(batch[:1], jnp.float32) / 255.0, (2, buf_h, buf_w, 3))

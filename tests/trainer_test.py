@@ -74,8 +74,10 @@ def test_tiny_run_on_8_devices(tmp_path):
     assert tag in raw, tag
   # The same LQ | output | GT grid as a PNG: image_every_steps=2 gives step 2 only, num_preview_images rows.
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  pngs = sorted(p.name for p in (tmp_path / 'images').iterdir())
+  pngs = sorted(p.name for p in (tmp_path / 'images').iterdir() if p.is_file())
   assert pngs == ['train_lq_out_gt_0000002.png'], pngs
+  # The validation at step 3 wrote each eval face's LQ | output | GT row (tests/paired_test.py checks them).
+  assert len(list((tmp_path / 'images' / 'val' / '00000003').glob('*.png'))) == 8
   res = config.data.resolution
   grid = np.asarray(Image.open(tmp_path / 'images' / pngs[0]))
   assert grid.shape == (config.num_preview_images * res, 3 * res, 3) and grid.dtype == np.uint8

@@ -8,8 +8,9 @@ with the steps of BasicSR's `FFHQDegradationDataset`, in its order:
    (int(h // s), int(w // s)) with INTER_LINEAR (`resize.py`);
 3. Gaussian noise, sigma ~ U(noise_range) / 255 per sample, i.i.d. per pixel
    and channel, clip to [0, 1];
-4. JPEG at quality ~ U(jpeg_range), truncated to an integer as the official
-   `int(quality)` (`jpeg.py`), on the shrunk picture;
+4. JPEG at quality ~ U(jpeg_range), made an integer by
+   `jpeg_quality_rounding` ('round', as the OpenCV of the official run, or
+   'floor', as `int(quality)`; `jpeg.py`), on the shrunk picture;
 5. resize back to (H, W) with INTER_LINEAR;
 6. colour shift (p = color_jitter_prob), grayscale (p = gray_prob),
    torchvision colour jitter in a random order (p = color_jitter_pt_prob),
@@ -25,7 +26,8 @@ range that would overflow the buffer are clamped to it.
 Config (`config.data.degradation` in configs/ffhq.py): `blur_kernel_size`,
 `kernel_list` (only 'iso' and 'aniso' are implemented, all the v1 recipe uses),
 `kernel_prob`, `blur_sigma`, `blur_method` ('fft' or 'conv'),
-`downsample_range`, `noise_range`, `jpeg_range`, `color_jitter_prob`,
+`downsample_range`, `noise_range`, `jpeg_range`, `jpeg_quality_rounding`
+('round' when absent), `color_jitter_prob`,
 `color_jitter_shift` (0-255 scale), `gray_prob`, `gt_gray`,
 `color_jitter_pt_prob`, `brightness`, `contrast`, `saturation`, `hue`.
 A probability of 0 or None, or a range of None, disables its op: it is then
@@ -194,6 +196,20 @@ def buffer_shape(height: int, width: int, cfg: Any) -> tuple[int, int]:
   return max(height, int(height // low)), max(width, int(width // low))
 
 
+def jpeg_quality_rounding(cfg: Any) -> str:
+  """`cfg.jpeg_quality_rounding` ('round' when absent or None); raises ValueError naming the valid values."""
+  rounding = _get(cfg, 'jpeg_quality_rounding', 'round')
+  if rounding not in jpeg.QUALITY_ROUNDINGS:
+    raise ValueError(f'config.data.degradation.jpeg_quality_rounding must be one of {jpeg.QUALITY_ROUNDINGS}, '
+                     f'got {rounding!r}')
+  return rounding
+
+
+def codec_quality(quality: Array, cfg: Any) -> Array:
+  """The integer JPEG quality the codec gets for float draws `quality` [N] (int32 [N], in [1, 100])."""
+  return jpeg.quality_to_int(quality, jpeg_quality_rounding(cfg))
+
+
 def noise_field(keys: Array, shape: tuple[int, ...]) -> Array:
   """The standard normal field of each sample, float32 [N, *shape]."""
   return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
@@ -223,7 +239,7 @@ def apply(images: Array, params: Params, cfg: Any) -> Array:
     sigma = params['noise_sigma'][:, None, None, None] / 255.0
     x = jnp.clip(x + sigma * noise_field(params['noise_key'], x.shape[1:]), 0.0, 1.0)
   if _range(cfg, 'jpeg_range') is not None:
-    x = jpeg.jpeg_compress(x, params['jpeg_quality'], valid_size=small)
+    x = jpeg.jpeg_compress(x, codec_quality(params['jpeg_quality'], cfg).astype(jnp.float32), valid_size=small)
   x = resize.resize_linear(x, small, full, out_shape=(h, w))
 
   if _prob(cfg, 'color_jitter_prob') > 0:

@@ -4,7 +4,7 @@ The degradations that make the LQ input run on the accelerator
 (`gfpgan_jax/data/degradations.py`); the host only does what the official
 `FFHQDegradationDataset` does to the GT (gfpgan.md 3.1, steps 1, 2 and 14):
 
-    source (folder | TFDS ArrayRecord, decoded with PIL to RGB uint8 [R, R, 3])
+    source (folder | BasicSR LMDB | TFDS ArrayRecord, decoded with PIL to RGB uint8 [R, R, 3])
       -> seed -> shuffle -> repeat
       -> RandomHorizontalFlip (p=0.5; image and landmarks)
       -> ComponentBoxes (official eye/mouth boxes)
@@ -19,6 +19,8 @@ batch = `config.data.batch_size // process_count`:
     'loc_right_eye': float32 [B, 4]  image left/right, after the flip
     'loc_mouth':     float32 [B, 4]
     'num_skipped':   int32   [B]  1 where the sampled file was unreadable (replaced)
+    'lq':            uint8   [B, R, R, 3]  only with data.train_lq_dir: the given LQ input of each GT (same
+                     flip); the training step then skips the degradations
 
 Sharding: the shuffled, flipped *global* stream is the same on every process.
 Cut into global batches of G = `config.data.batch_size`, process p takes rows
@@ -64,6 +66,7 @@ import ml_collections
 import numpy as np
 
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import lmdb_source
 from gfpgan_jax.data import sources
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,8 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
       return element
     element = dict(element)
     element['gt'] = np.ascontiguousarray(element['gt'][:, ::-1])
+    if 'lq' in element:  # a paired LQ flips with its GT
+      element['lq'] = np.ascontiguousarray(element['lq'][:, ::-1])
     if 'locations' in element:
       element['locations'] = landmarks_lib.flip_locations(element['locations'], self.width)
     return element
@@ -145,13 +150,19 @@ def make_train_source(config: ml_collections.ConfigDict) -> sources.DecodedSourc
     if not data.train_dir:
       raise ValueError("config.data.train_dir is not set (source='folder')")
     raw = sources.ImageFolderSource(data.train_dir, landmarks, data.landmarks_resolution)
+  elif data.source == 'lmdb':
+    if not data.train_dir:
+      raise ValueError("config.data.train_dir is not set (source='lmdb': the BasicSR .lmdb folder)")
+    raw = lmdb_source.LmdbSource(data.train_dir, landmarks, data.landmarks_resolution)
   elif data.source == 'tfds':
     if not data.tfds_data_dir:
       raise ValueError("config.data.tfds_data_dir is not set (source='tfds')")
     raw = sources.TfdsSource(data.tfds_data_dir, data.tfds_name, data.tfds_split, landmarks,
                              data.landmarks_resolution)
   else:
-    raise ValueError(f"config.data.source must be 'folder' or 'tfds', got {data.source!r}")
+    raise ValueError(f"config.data.source must be 'folder', 'lmdb' or 'tfds', got {data.source!r}")
+  if data.get('train_lq_dir', ''):
+    raw = sources.PairedSource(raw, data.train_lq_dir)
   if data.crop_components and not raw.has_components:
     raise ValueError(
         f'config.data.crop_components=True needs eye/mouth landmarks for {raw!r}: set '
@@ -257,10 +268,11 @@ class _EvalShard:
   mask False, a zero image and index -1 (padding) or their index (unreadable).
   """
 
-  def __init__(self, decoded: sources.DecodedSource, indices: np.ndarray, length: int):
+  def __init__(self, decoded: sources.DecodedSource, indices: np.ndarray, length: int, paired: bool = False):
     self.decoded = decoded
     self.indices = indices
     self.length = length
+    self.paired = paired
 
   def __len__(self) -> int:
     return self.length
@@ -269,12 +281,16 @@ class _EvalShard:
     index = int(self.indices[j]) if j < len(self.indices) else -1
     element = self.decoded.read(index) if index >= 0 else None
     res = self.decoded.resolution
-    return {
-        'gt': np.zeros((res, res, 3), np.uint8) if element is None else element['gt'],
+    zeros = np.zeros((res, res, 3), np.uint8)
+    out = {
+        'gt': zeros if element is None else element['gt'],
         'index': np.int32(index),
         'mask': np.bool_(element is not None),
         'num_skipped': np.int32(index >= 0 and element is None),
     }
+    if self.paired:
+      out['lq'] = zeros if element is None else element['lq']
+    return out
 
 
 def make_eval_dataset(config: ml_collections.ConfigDict,
@@ -289,7 +305,9 @@ def make_eval_dataset(config: ml_collections.ConfigDict,
   Batches: `gt` uint8 [B, R, R, 3]; `index` int32 [B] (position in
   `sources.list_image_files(eval_dir)`, -1 for padding); `mask` bool [B]
   (False for padding and unreadable files, whose `gt` is zeros);
-  `num_skipped` int32 [B]. No component boxes.
+  `num_skipped` int32 [B]; with `data.eval_lq_dir` (real pairs such as
+  CelebA-Test), `lq` uint8 [B, R, R, 3], the given LQ of each face (matched by
+  name, see `sources.PairedSource`). No component boxes.
 
   Raises:
     ValueError: `eval_dir` unset or without images.
@@ -300,10 +318,14 @@ def make_eval_dataset(config: ml_collections.ConfigDict,
     raise ValueError('config.data.eval_dir is not set')
   process_index, process_count = _process_index_and_count(process_index, process_count)
   batch_size = per_process_batch_size(data.eval_batch_size, process_count)
-  decoded = sources.DecodedSource(sources.ImageFolderSource(data.eval_dir), data.resolution)
+  raw = sources.ImageFolderSource(data.eval_dir)
+  paired = bool(data.get('eval_lq_dir', ''))
+  if paired:
+    raw = sources.PairedSource(raw, data.eval_lq_dir)
+  decoded = sources.DecodedSource(raw, data.resolution)
   indices = np.arange(process_index, len(decoded), process_count)
   num_batches = math.ceil(math.ceil(len(decoded) / process_count) / batch_size)
-  ds = grain.MapDataset.source(_EvalShard(decoded, indices, num_batches * batch_size))
+  ds = grain.MapDataset.source(_EvalShard(decoded, indices, num_batches * batch_size, paired))
   ds = ds.batch(batch_size)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_size))
 

@@ -21,8 +21,12 @@ backend (no float DCT whose rounding depends on the device) and it matches a
 libjpeg-turbo round trip at the same integer quality bit for bit (see
 tests/jpeg_test.py). Entropy coding is lossless and is not modelled.
 
-The quality is a float per sample; it is truncated to an integer as
-`int(quality)` does for the official `cv2.imencode` call (gfpgan.md 3.1 step 6),
+The quality is a float per sample. The official code hands the float
+U(60, 100) draw to `cv2.imencode`; the OpenCV of the training era (<= 4.5.2)
+converted it with `saturate_cast<int>`, i.e. `cvRound`: round to nearest,
+half to even (`rounding='round'`, the default: qualities 60..100, half weight
+at both ends). `rounding='floor'` truncates as `int(quality)` (60..99), the fix
+for newer OpenCV, which rejects a float (gfpgan.md 3.1 step 6). The integer is
 then clamped to [1, 100] as `jpeg_set_quality` does.
 """
 
@@ -77,17 +81,29 @@ _F_2_562 = 20995
 _F_3_072 = 25172
 
 
-def quality_to_int(quality: Array) -> Array:
+QUALITY_ROUNDINGS = ('round', 'floor')
+
+
+def quality_to_int(quality: Array, rounding: str = 'round') -> Array:
   """Integer JPEG quality as the official pipeline passes it to the codec.
 
   Args:
     quality: float array, any shape.
+    rounding: 'round' (nearest, half to even: OpenCV <= 4.5.2's
+      `saturate_cast<int>` of the float) or 'floor' (`int(quality)`; the same
+      as truncation for the positive qualities used here).
 
   Returns:
-    int32 array of the same shape: `int(quality)` (truncation), clamped to
-    [1, 100] like `jpeg_set_quality`.
+    int32 array of the same shape, clamped to [1, 100] like
+    `jpeg_set_quality`.
+
+  Raises:
+    ValueError: an unknown `rounding`.
   """
-  return jnp.clip(jnp.trunc(quality), 1, 100).astype(jnp.int32)
+  if rounding not in QUALITY_ROUNDINGS:
+    raise ValueError(f'JPEG quality rounding must be one of {QUALITY_ROUNDINGS}, got {rounding!r}')
+  q = jnp.round(quality) if rounding == 'round' else jnp.floor(quality)
+  return jnp.clip(q, 1, 100).astype(jnp.int32)
 
 
 def quant_tables(quality: Array) -> tuple[Array, Array]:
@@ -332,16 +348,18 @@ def _to_planes(image: Array, valid_h: Array, valid_w: Array):
   return y, cbcr, chroma_h, chroma_w
 
 
-def jpeg_compress(images: Array, quality: Array, valid_size: Array | None = None) -> Array:
+def jpeg_compress(images: Array, quality: Array, valid_size: Array | None = None,
+                  rounding: str = 'round') -> Array:
   """JPEG encode + decode, per sample quality, as libjpeg-turbo at its defaults.
 
   Args:
     images: float32 [N, H, W, 3] RGB in [0, 1]. They are rounded to 8 bits
       first (`round(x * 255)`, half to even like OpenCV's float -> uint8).
-    quality: float32 [N] in [1, 100]; truncated to an integer (see module doc).
+    quality: float32 [N] in [1, 100]; made an integer by `rounding`.
     valid_size: optional int32 [N, 2] (h, w): only the top-left h x w region of
       each image is the picture to compress (the rest is ignored and the
       output there is unspecified). Defaults to the full (H, W).
+    rounding: 'round' or 'floor' (`quality_to_int`; see the module doc).
 
   Returns:
     float32 [N, H, W, 3] in [0, 1], multiples of 1/255: the decoded images.
@@ -352,7 +370,7 @@ def jpeg_compress(images: Array, quality: Array, valid_size: Array | None = None
   if valid_size is None:
     valid_size = jnp.broadcast_to(jnp.array([h, w], jnp.int32), (n, 2))
   valid_size = jnp.asarray(valid_size, jnp.int32)
-  luma_t, chroma_t = quant_tables(quality_to_int(jnp.asarray(quality, jnp.float32)))
+  luma_t, chroma_t = quant_tables(quality_to_int(jnp.asarray(quality, jnp.float32), rounding))
   x = jnp.clip(jnp.round(images * 255.0), 0, 255).astype(jnp.int32)
 
   hp, wp = -(-h // 16) * 16, -(-w // 16) * 16

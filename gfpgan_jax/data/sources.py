@@ -8,6 +8,8 @@ known:
   **recursively** (FFHQ's `images1024x1024` has 1000-image subfolders, GFPGAN's
   `ffhq_512` is flat; both work), in sorted relative-path order, so the order
   never depends on the file system's listing order.
+* `lmdb_source.LmdbSource`: a BasicSR LMDB (`data.mdb` + `meta_info.txt`);
+  a folder source pointed at one fails with a message saying so.
 * `TfdsSource`: the TFDS ArrayRecord dataset written by
   `scripts/prepare_ffhq.py`, opened with `tfds` random access and no
   TensorFlow. The image is a `tfds.features.Image` (PNG); it is read with
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.data import lmdb_source
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +137,17 @@ def prepare_image(path: str, resolution: int, compress_level: int = 6) -> tuple[
   try:
     with open(path, 'rb') as f:
       data = f.read()
-    image, mode = decode_image(data, resolution, path)
-  except (OSError, UnreadableImageError) as e:
+  except OSError as e:
+    return None, str(e)
+  return prepare_encoded((data, path), resolution, compress_level)
+
+
+def prepare_encoded(record: tuple[bytes, str], resolution: int, compress_level: int = 6) -> tuple[bytes | None, str]:
+  """`prepare_image` for encoded bytes already read: `record` is `(data, name for messages)`."""
+  data, name = record
+  try:
+    image, mode = decode_image(data, resolution, name)
+  except UnreadableImageError as e:
     return None, str(e)
   # IHDR: width and height (big-endian uint32), bit depth 8, colour type 2 (RGB).
   if data[:16] == _PNG_IHDR and data[16:26] == struct.pack('>IIBB', resolution, resolution, 8, 2):
@@ -156,13 +168,16 @@ def list_image_files(root: str | os.PathLike[str]) -> list[str]:
   Raises:
     FileNotFoundError: `root` does not exist.
     NotADirectoryError: `root` is not a folder.
-    ValueError: no image file under `root`.
+    ValueError: no image file under `root`, or `root` is a BasicSR LMDB (the
+      message says how to read it: `lmdb_source.LmdbSource`).
   """
   root = os.fspath(root)
   if not os.path.exists(root):
     raise FileNotFoundError(f'image folder not found: {root}')
   if not os.path.isdir(root):
     raise NotADirectoryError(f'not a folder of images: {root}')
+  if lmdb_source.is_lmdb_dir(root):
+    raise ValueError(lmdb_source.not_a_folder_message(root))
   files = []
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames[:] = [d for d in dirnames if not d.startswith('.')]
@@ -238,6 +253,68 @@ class ImageFolderSource:
 
   def __repr__(self) -> str:
     return f'ImageFolderSource(root={self.root!r}, len={len(self)}, components={self.has_components})'
+
+
+class PairedSource:
+  """A GT source with given LQ inputs from a folder (official `dataroot_lq`), matched by name.
+
+  The LQ of GT record `a/b/00042.png` is the file `a/b/00042.*` (any image
+  extension) under `lq_root`. Elements are the GT source's plus `'lq_data'`
+  (bytes) and `'lq_name'` (its path, for messages).
+  """
+
+  def __init__(self, gt_source, lq_root: str | os.PathLike[str]):
+    """Matches every GT record with its LQ file.
+
+    Raises:
+      FileNotFoundError, NotADirectoryError, ValueError: see
+      `list_image_files`; ValueError if a GT record has no LQ, or two LQ files
+      share a name.
+    """
+    self.gt_source = gt_source
+    self.lq_root = os.fspath(lq_root)
+    by_stem = {}
+    for f in list_image_files(self.lq_root):
+      stem = os.path.splitext(f)[0]
+      if stem in by_stem:
+        raise ValueError(f'{self.lq_root}: two LQ files for {stem!r}: {by_stem[stem]}, {f}')
+      by_stem[stem] = f
+    names = list(gt_source.names) if hasattr(gt_source, 'names') else [
+        gt_source[i]['name'] for i in range(len(gt_source))]
+    self._lq = [by_stem.get(os.path.splitext(n)[0]) for n in names]
+    missing = [n for n, lq in zip(names, self._lq) if lq is None]
+    if missing:
+      raise ValueError(f'{len(missing)} of {len(names)} GT images have no LQ file of the same name in '
+                       f'{self.lq_root}: {missing[:5]}')
+
+  @property
+  def has_components(self) -> bool:
+    return getattr(self.gt_source, 'has_components', False)
+
+  @property
+  def landmarks_resolution(self) -> int:
+    return self.gt_source.landmarks_resolution
+
+  def __len__(self) -> int:
+    return len(self.gt_source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    element = dict(self.gt_source[index])
+    path = os.path.join(self.lq_root, self._lq[index])
+    try:
+      with open(path, 'rb') as f:
+        element['lq_data'] = f.read()
+    except OSError as e:
+      logger.warning('Cannot read %s: %s', path, e)
+      element['lq_data'] = b''
+    element['lq_name'] = path
+    return element
+
+  def location(self, name: str) -> str:
+    return self.gt_source.location(name) if hasattr(self.gt_source, 'location') else name
+
+  def __repr__(self) -> str:
+    return f'PairedSource({self.gt_source!r}, lq_root={self.lq_root!r})'
 
 
 # ---------------------------------------------------------------- TFDS -----
@@ -348,9 +425,9 @@ def _text(value: bytes | str) -> str:
 class DecodedSource:
   """Decoded RGB uint8 faces at one resolution, for grain.
 
-  `read(i)` returns `{'gt': uint8 [R, R, 3]}` plus `'locations'` (float64
-  [3, 3] in R-pixel coordinates) when `with_components`, or None when record
-  i is unreadable.
+  `read(i)` returns `{'gt': uint8 [R, R, 3]}` plus `'lq'` (uint8 [R, R, 3])
+  for a paired source, `'locations'` (float64 [3, 3] in R-pixel coordinates)
+  when `with_components`, or None when record i (either image) is unreadable.
 
   `__getitem__(i)` never fails on bad data: an unreadable record is replaced by
   the next readable one (i+1, i+2, ... modulo the length), so an epoch keeps
@@ -369,7 +446,7 @@ class DecodedSource:
     """Wraps a raw source.
 
     Args:
-      source: `ImageFolderSource`, `TfdsSource` or anything with `__len__`,
+      source: `ImageFolderSource`, `TfdsSource`, `LmdbSource` or anything with `__len__`,
         `__getitem__` -> `{'data', 'name'[, 'locations']}` and, for
         components, `has_components` and `landmarks_resolution`.
       resolution: output side R.
@@ -407,6 +484,12 @@ class DecodedSource:
     if mode != 'RGB':
       self._warn_once(name, 'Converted image %s from mode %s to RGB uint8', where, mode)
     element = {'gt': gt}
+    if 'lq_data' in record:  # a paired LQ (`PairedSource`): decoded and resized like the GT
+      try:
+        element['lq'], _ = decode_image(record['lq_data'], self.resolution, record.get('lq_name', name))
+      except UnreadableImageError as e:
+        self._warn_once(name, 'Skipping unreadable image: %s', e)
+        return None
     if self.with_components:
       element['locations'] = landmarks_lib.scale_locations(record['locations'], self._scale)
     return element

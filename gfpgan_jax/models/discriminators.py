@@ -14,22 +14,33 @@ Array = jax.Array
 Dtype = Any
 
 
-def minibatch_stddev(x: Array, group_size: int = 4, eps: float = 1e-8) -> Array:
+def minibatch_stddev(x: Array, group_size: int = 4, per_gpu_batch: int = 0, eps: float = 1e-8) -> Array:
   """Appends basicsr's minibatch-stddev channel. [N,H,W,C] -> [N,H,W,C+1].
 
-  Groups are strided as in the official `view(group, -1, ...)`: sample n is in
-  column n % (N / G) with G = min(N, group_size); the biased variance over the
-  group is taken per feature, then sqrt(var + eps) is averaged over (H, W, C).
-  Statistics are computed in float32.
+  basicsr computes the statistic over each GPU's batch. `per_gpu_batch` = S
+  splits the global batch into N / S consecutive slices of S samples (the
+  data-parallel slices of an official S-per-GPU run); 0, or a batch smaller
+  than S (e.g. initialisation's dummy batch of 1), takes the whole batch as
+  one slice (one GPU). Within a slice, groups are strided as in the
+  official `view(group, -1, ...)`: sample i is in column i % (S / G) with
+  G = min(S, group_size); the biased variance over the group is taken per
+  feature, then sqrt(var + eps) is averaged over (H, W, C). Statistics are
+  computed in float32.
+
+  Raises:
+    ValueError: N > S is not divisible by S, or S not by G.
   """
   n, h, w, c = x.shape
-  g = min(n, group_size)
-  if n % g:
-    raise ValueError(f'minibatch stddev: batch {n} is not divisible by the group size {g}')
-  y = x.astype(jnp.float32).reshape(g, n // g, h, w, c)
-  std = jnp.sqrt(jnp.var(y, axis=0) + eps)  # [N/G, H, W, C]
-  std = jnp.mean(std, axis=(1, 2, 3))  # [N/G]
-  std = jnp.tile(std, g)[:, None, None, None]
+  s = min(per_gpu_batch or n, n)
+  if n % s:
+    raise ValueError(f'minibatch stddev: batch {n} is not divisible by the per-GPU batch {s}')
+  g = min(s, group_size)
+  if s % g:
+    raise ValueError(f'minibatch stddev: per-GPU batch {s} is not divisible by the group size {g}')
+  y = x.astype(jnp.float32).reshape(n // s, g, s // g, h, w, c)
+  std = jnp.sqrt(jnp.var(y, axis=1) + eps)  # [N/S, S/G, H, W, C]
+  std = jnp.mean(std, axis=(2, 3, 4))  # [N/S, S/G]
+  std = jnp.broadcast_to(std[:, None, :], (n // s, g, s // g)).reshape(n, 1, 1, 1)
   return jnp.concatenate([x, jnp.broadcast_to(std, (n, h, w, 1)).astype(x.dtype)], axis=-1)
 
 
@@ -71,13 +82,19 @@ class StyleGAN2Discriminator(nn.Module):
     out_size: input resolution.
     channel_multiplier: StyleGAN2 channel multiplier.
     resample_kernel: FIR taps.
-    stddev_group: minibatch-stddev group size (the group is min(batch, this)).
+    stddev_group: minibatch-stddev group size (the group is min(per-GPU
+      batch, this)).
+    stddev_per_gpu_batch: the statistic is computed over consecutive slices of
+      this many samples, as basicsr does on each GPU of a data-parallel run
+      (the official v1 run: 4 GPUs x 3); 0 = over the whole batch (one GPU).
+      Not a weight: converting a released D does not depend on it.
     narrow: channel narrowing ratio.
   """
   out_size: int = 512
   channel_multiplier: int = 2
   resample_kernel: tuple[int, ...] = layers.DEFAULT_RESAMPLE_KERNEL
   stddev_group: int = 4
+  stddev_per_gpu_batch: int = 0
   narrow: float = 1.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -90,7 +107,7 @@ class StyleGAN2Discriminator(nn.Module):
     ch = stylegan2.channels_for(self.narrow, self.channel_multiplier)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     out = _ConvBody(self.out_size, ch, tuple(self.resample_kernel), name='conv_body', **kw)(x)
-    out = minibatch_stddev(out, self.stddev_group)
+    out = minibatch_stddev(out, self.stddev_group, self.stddev_per_gpu_batch)
     out = layers.ConvLayer(ch[4], 3, resample_kernel=tuple(self.resample_kernel), name='final_conv', **kw)(out)
     out = _FinalLinear(ch[4], name='final_linear', **kw)(layers.nchw_flatten(out))
     return out

@@ -3,7 +3,8 @@
 This is `FFHQDegradationDataset.__getitem__`'s LQ branch (gfpgan.md 3.1 steps
 3-12) written with the same library calls as the official code: basicsr's
 kernel formula in float64 numpy, `cv2.filter2D`, `cv2.resize(INTER_LINEAR)`,
-numpy noise, `cv2.imencode/imdecode` JPEG with `int(quality)`, the numpy
+numpy noise, `cv2.imencode/imdecode` JPEG at the integer quality the config's
+`jpeg_quality_rounding` gives (OpenCV <= 4.5.2 rounded the float), the numpy
 colour shift, `cv2.cvtColor(BGR2GRAY)`, torchvision's tensor colour jitter
 (its own `_functional_tensor.py`, loaded from the official sources that
 `gfpgan_jax.testing.official.fetch` caches) and torch rounding. It works in
@@ -68,12 +69,20 @@ def _enabled(cfg, name: str) -> bool:
   return bool(value)
 
 
-def jpeg_roundtrip(img_bgr: np.ndarray, quality: float) -> np.ndarray:
-  """basicsr `add_jpg_compression` with `int(quality)` (float image in [0, 1])."""
+def jpeg_quality_int(quality: float, rounding: str = 'round') -> int:
+  """The integer quality OpenCV gets: 'round' = `saturate_cast<int>` (cvRound, half to even), 'floor' = int()."""
+  if rounding not in ('round', 'floor'):
+    raise ValueError(f"JPEG quality rounding must be 'round' or 'floor', got {rounding!r}")
+  return int(np.rint(quality)) if rounding == 'round' else int(math.floor(quality))
+
+
+def jpeg_roundtrip(img_bgr: np.ndarray, quality: float, rounding: str = 'round') -> np.ndarray:
+  """basicsr `add_jpg_compression` at `jpeg_quality_int(quality, rounding)` (float image in [0, 1])."""
   img = np.clip(img_bgr, 0, 1)
   # cv2.imencode converts the float image with saturate_cast (round half even).
   img8 = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-  _, enc = cv2.imencode('.jpg', img8, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+  q = jpeg_quality_int(quality, rounding)
+  _, enc = cv2.imencode('.jpg', img8, [int(cv2.IMWRITE_JPEG_QUALITY), q])
   return np.float32(cv2.imdecode(enc, 1)) / 255.0
 
 
@@ -116,7 +125,7 @@ def degrade_one(img_rgb: np.ndarray, p: dict, cfg, noise: np.ndarray | None = No
     n = np.ascontiguousarray(noise[:hs, :ws, ::-1], dtype=np.float32)
     img = np.clip(img + n * np.float32(float(p['noise_sigma']) / 255.0), 0, 1)
   if cfg.get('jpeg_range', None) is not None:
-    img = jpeg_roundtrip(img, float(p['jpeg_quality']))
+    img = jpeg_roundtrip(img, float(p['jpeg_quality']), cfg.get('jpeg_quality_rounding', None) or 'round')
   img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
   if _enabled(cfg, 'color_jitter_prob') and bool(p['shift_apply']):
     img = np.clip(img + np.asarray(p['shift'], np.float32)[::-1], 0, 1)

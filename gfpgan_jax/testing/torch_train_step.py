@@ -71,6 +71,37 @@ def basicsr_losses(official) -> types.SimpleNamespace:
                                gan=importlib.import_module('basicsr.losses.gan_loss'))
 
 
+def per_gpu_discriminator(official, stddev_per_gpu_batch: int = 0, **kwargs):
+  """basicsr's `StyleGAN2Discriminator(**kwargs)` with its minibatch stddev on slices of `stddev_per_gpu_batch`.
+
+  This is the data-parallel official run on one device: basicsr's forward, but the statistic (its lines, as
+  they are) is computed on each consecutive slice of `stddev_per_gpu_batch` images, one GPU's batch, while the
+  convolutions run once on the whole batch (as fast as the one-GPU official D). 0 = basicsr's D itself. Same
+  parameters and state-dict keys.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  base = official.stylegan2_arch.StyleGAN2Discriminator
+  if not stddev_per_gpu_batch:
+    return base(**kwargs)
+
+  class PerGPU(base):
+
+    def forward(self, x):
+      out = self.conv_body(x)
+      b, c, h, w = out.shape
+      stats = []
+      for part in out.split(stddev_per_gpu_batch):  # basicsr's forward on each GPU's slice
+        group = min(part.shape[0], self.stddev_group)
+        stddev = part.view(group, -1, self.stddev_feat, c // self.stddev_feat, h, w)
+        stddev = torch.sqrt(stddev.var(0, unbiased=False) + 1e-8)
+        stddev = stddev.mean([2, 3, 4], keepdims=True).squeeze(2)
+        stats.append(stddev.repeat(group, 1, h, w))
+      out = self.final_conv(torch.cat([out, torch.cat(stats)], 1))
+      return self.final_linear(out.view(b, -1))
+
+  return PerGPU(**kwargs)
+
+
 def official_roi_align(official):
   """`torchvision.ops.roi_align(input, boxes, output_size)` through torchvision's pure-PyTorch code.
 
@@ -252,7 +283,7 @@ def build(config, official=None, seed: int = 0, device: str = 'cpu'):
   # ---- GFPGANModel.__init__ / init_training_settings, with our options
   model.net_g = g_cls(**g_kwargs).to(model.device)
   d_kwargs = dict(m.discriminator_kwargs.to_dict(), out_size=res)
-  model.net_d = official.stylegan2_arch.StyleGAN2Discriminator(**d_kwargs).to(model.device)
+  model.net_d = per_gpu_discriminator(official, **d_kwargs).to(model.device)
   model.net_g_ema = g_cls(**g_kwargs).to(model.device)
   model.model_ema(0)  # copy net_g weight
   model.net_g.train()
