@@ -123,7 +123,8 @@ def test_full_recipe_needs_pretrained_loss_networks(tmp_path):
   with pytest.raises(config_checks.ConfigError) as e:
     config_checks.validate(config)
   assert 'arcface_resnet18.pth' in str(e.value) and 'vgg19-dcbb9e9d' not in str(e.value)
-  batch, eval_batch = '--config.data.batch_size=16', '--config.data.eval_batch_size=16'  # 12 does not split over 8
+  # 12 does not split over 8 devices; 24 does, and into the recipe's per-GPU D batches of 3.
+  batch, eval_batch = '--config.data.batch_size=24', '--config.data.eval_batch_size=24'
   config_checks.validate(_parse(batch, eval_batch, '--config.model.use_identity=False',
                                 f'--config.init.vgg19={tmp_path}/vgg19-dcbb9e9d.pth', variant=None))
   config_checks.validate(_parse(batch, eval_batch, f'--config.init.vgg19={tmp_path}/vgg19-dcbb9e9d.pth',
@@ -149,7 +150,7 @@ def test_field_kinds():
   kinds = {k: config_checks.field_kind(k) for k in config_checks.flatten(json.loads(
       ffhq.get_config().to_json_best_effort()))}
   assert {k for k, v in kinds.items() if v == 'data stream'} == {
-      'seed', 'data.seed', 'data.batch_size', 'data.shuffle', 'data.source', 'data.train_dir', 'data.tfds_data_dir',
+      'seed', 'data.seed', 'data.batch_size', 'data.shuffle', 'data.source', 'data.train_dir', 'data.train_lq_dir', 'data.tfds_data_dir',
       'data.tfds_name', 'data.tfds_split'}
   assert kinds['data.resolution'] == kinds['model.generator_kwargs.narrow'] == 'architecture'
   assert kinds['data.eval_dir'] == kinds['total_steps'] == kinds['optim.g_lr'] == kinds['init.vgg19'] == 'other'
