@@ -111,12 +111,13 @@ if train:
     mfu = j.get('mfu', {}).get('plain')
     lines.append(f"| train step {train['config']['resolution']} px, batch {train['config']['batch']}, {j['impl'][4:]}"
                  f" (plain) | {j['images_per_s_plain']:.2f} img/s" + (f", MFU {mfu * 100:.1f}%" if mfu else '')
-                 + ' | ' + (f"{t['images_per_s_plain']:.2f} img/s | {j['images_per_s_plain'] / t['images_per_s_plain']:.2f}x |"
-                            if t else '- | - |'))
+                 + ' | ' + (f"{t['images_per_s_plain']:.2f} img/s | "
+                            f"{j['images_per_s_plain'] / t['images_per_s_plain']:.2f}x |" if t else '- | - |'))
 data = load('data')
 if data:
   lines.append(f"| degradations {data['resolution']} px | {data['jax']['pairs_per_s']:.1f} pairs/s | "
-               f"{data['opencv']['pairs_per_s']:.1f} pairs/s (OpenCV, 1 thread) | {data['ratio_jax_over_opencv']:.1f}x |")
+               f"{data['opencv']['pairs_per_s']:.1f} pairs/s (OpenCV, 1 thread) | "
+               f"{data['ratio_jax_over_opencv']:.1f}x |")
 (out / 'summary.md').write_text('\n'.join(lines) + '\n')
 print('\n'.join(lines))
 PYEOF

@@ -1,9 +1,10 @@
-"""Whole-step parity: one official `optimize_parameters` iteration against ours, term by term and gradient by gradient.
+"""Whole-step parity: one official `optimize_parameters` beside ours, term by term and gradient by gradient.
 
 Both sides start from the same weights (the official random initialisation,
 converted to our variables), the same GT batch and the same LQ batch (made
 once by the official OpenCV degradations, `cv2_degradations.degrade_official`,
-and fed to both: no random degradation runs inside either iteration), and the generator uses its stored noise buffers on both sides
+and fed to both: no random degradation runs inside either iteration), and the
+generator uses its stored noise buffers on both sides
 (`torch_train_step.use_stored_noise`, `steps.step_on_pair(...,
 randomize_noise=False)`). One plain iteration (official `current_iter` 1) and
 one R1 iteration (`current_iter` = `d_reg_every`) run from the same initial
