@@ -61,11 +61,12 @@ def _patches(images: Array, locs: dict[str, Array], lc: ml_collections.ConfigDic
   return losses.crop_components(images, locs, eye_size=lc.eye_size, mouth_size=lc.mouth_size)
 
 
-def _g_losses(g_params, state, nets, frozen, lq, gt, real_patches, locs, noise_key, config):
-  """(total, (out, terms)): the weighted G losses of one batch."""
+def _g_losses(g_params, state, nets, frozen, lq, gt, real_patches, locs, noise_key, config,
+              randomize_noise=True):
+  """(total, (out, rgbs, terms)): the weighted G losses of one batch."""
   lc = config.loss
   out, rgbs = nets.g.apply({'params': g_params, 'noises': state.g_noises}, lq, return_rgb=True,
-                           randomize_noise=True, rngs={'noise': noise_key})
+                           randomize_noise=randomize_noise, rngs={'noise': noise_key})
   terms = {'l1': lc.pixel_weight * losses.l1(out, gt)}
   if lc.pyramid_weight:
     weight = losses.pyramid_loss_weight(state.step + 1, lc.pyramid_weight, lc.remove_pyramid_loss)
@@ -94,7 +95,7 @@ def _g_losses(g_params, state, nets, frozen, lq, gt, real_patches, locs, noise_k
     emb_gt = nets.arcface.apply(frozen['arcface'], losses.identity_input(gt))
     terms['identity'] = lc.identity_weight * losses.identity_loss(emb_out, emb_gt)
   total = sum(terms.values())
-  return total, (out, terms)
+  return total, (out, rgbs, terms)
 
 
 def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *, nets: ts.Networks,
@@ -110,15 +111,46 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
     config: the experiment config (static).
     r1: add the lazy R1 penalty to the D loss (iterations divisible by d_reg_every).
   """
-  lc = config.loss
   k_deg, k_noise = jax.random.split(step_key(state))
   gt, lq = batch_pair(k_deg, batch, config)
   locs = _locs(batch) if nets.dc is not None else None
+  new_state, metrics, _ = step_on_pair(state, gt, lq, locs, frozen, k_noise, nets=nets, config=config, r1=r1)
+  metrics['data/num_skipped'] = jnp.sum(batch['num_skipped']).astype(F32)
+  return new_state, metrics
+
+
+def step_on_pair(state: ts.TrainState, gt: Array, lq: Array, locs: dict[str, Array] | None, frozen: PyTree,
+                 noise_key: Array, *, nets: ts.Networks, config: ml_collections.ConfigDict, r1: bool,
+                 randomize_noise: bool = True) -> tuple[ts.TrainState, dict[str, Array], dict[str, Any]]:
+  """Steps 2-4 of an iteration on a given (gt, lq) pair: the official `feed_data` + `optimize_parameters`.
+
+  `train_step` calls it on the pair it degrades; the whole-step parity test
+  (tests/step_parity_test.py) calls it with the official iteration's LQ.
+
+  Args:
+    state: the train state (`state.step + 1` is the official `current_iter`).
+    gt: float32 [B,H,W,3] in [-1, 1].
+    lq: float32 [B,H,W,3] in [-1, 1], the generator's input.
+    locs: {'left_eye', 'right_eye', 'mouth'} -> float32 [B,4] boxes (None without components).
+    frozen: variables of the frozen loss networks.
+    noise_key: key of the decoder noise (unused with `randomize_noise=False`).
+    nets: the modules and optimisers (static).
+    config: the experiment config (static).
+    r1: add the lazy R1 penalty to the D loss.
+    randomize_noise: fresh decoder noise (training) or the stored `state.g_noises`.
+
+  Returns:
+    (new state, scalar metrics, extras): extras holds the gradients
+    {'g', 'd', 'dc': {component: ...}} before the optimisers, and
+    'pyramid': the weighted L1 of each pyramid level, coarsest first (their sum
+    is the metric 'g/pyramid'; official `l_p_8`, `l_p_16`, ...).
+  """
+  lc = config.loss
   real_patches = _patches(gt, locs, lc) if nets.dc is not None else None
 
   # ---- generator
-  (g_total, (out, g_terms)), g_grads = jax.value_and_grad(_g_losses, has_aux=True)(
-      state.g_params, state, nets, frozen, lq, gt, real_patches, locs, k_noise, config)
+  (g_total, (out, rgbs, g_terms)), g_grads = jax.value_and_grad(_g_losses, has_aux=True)(
+      state.g_params, state, nets, frozen, lq, gt, real_patches, locs, noise_key, config, randomize_noise)
   g_updates, g_opt = nets.g_tx.update(g_grads, state.g_opt, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
   g_ema = losses.ema_update(state.g_ema_params, g_params, config.optim.ema_decay)
@@ -145,7 +177,7 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
   d_params = optax.apply_updates(state.d_params, d_updates)
 
   # ---- facial component discriminators
-  dc_params, dc_opt, dc_metrics = {}, {}, {}
+  dc_params, dc_opt, dc_metrics, dc_grads = {}, {}, {}, {}
   if nets.dc is not None:
     fake_patches = _patches(fake, locs, lc)
     for c in ts.COMPONENTS:
@@ -156,6 +188,7 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
         return losses.component_d_loss(real_logits, fake_logits)
 
       loss, grads = jax.value_and_grad(dc_loss)(state.dc_params[c])
+      dc_grads[c] = grads
       updates, dc_opt[c] = nets.dc_tx.update(grads, state.dc_opt[c], state.dc_params[c])
       dc_params[c] = optax.apply_updates(state.dc_params[c], updates)
       dc_metrics[f'd_{c}'] = loss
@@ -165,8 +198,12 @@ def train_step(state: ts.TrainState, batch: dict[str, Array], frozen: PyTree, *,
   metrics = {f'g/{k}': v.astype(F32) for k, v in g_terms.items()}
   metrics['g/total'] = g_total.astype(F32)
   metrics.update({f'd/{k}': v.astype(F32) for k, v in {**d_aux, **dc_metrics}.items()})
-  metrics['data/num_skipped'] = jnp.sum(batch['num_skipped']).astype(F32)
-  return new_state, metrics
+  extras = {'grads': {'g': g_grads, 'd': d_grads, 'dc': dc_grads}, 'pyramid': []}
+  if lc.pyramid_weight:  # unused outputs are dropped by XLA
+    weight = losses.pyramid_loss_weight(state.step + 1, lc.pyramid_weight, lc.remove_pyramid_loss)
+    levels = losses.gt_pyramid(gt, len(rgbs))
+    extras['pyramid'] = [weight * losses.l1(o, g) for o, g in zip(rgbs, levels)]
+  return new_state, metrics, extras
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -35,6 +35,7 @@ Three documented deviations, all needed to run it at all on this setup:
 
 import ast
 import contextlib
+import functools
 import importlib
 import math
 import os
@@ -336,3 +337,65 @@ def make_data(gt: np.ndarray, lq: np.ndarray, locs: dict[str, np.ndarray]) -> di
   data = {'gt': to_t(gt), 'lq': to_t(lq)}
   data.update({f'loc_{c}': torch.from_numpy(np.asarray(locs[c], np.float32)) for c in COMPONENTS})
   return data
+
+
+def use_stored_noise(model) -> None:
+  """Makes the official G run on its stored noise buffers (`randomize_noise=False`) in every iteration.
+
+  `optimize_parameters` calls `net_g(lq, return_rgb=...)`, which draws fresh
+  decoder noise; with this the call uses `noises.noise{i}` instead, so an
+  iteration is a deterministic function of the weights and the batch.
+  """
+  forward = model.net_g.forward
+  model.net_g.forward = functools.partial(forward, randomize_noise=False)
+
+
+def _networks(model) -> dict[str, Any]:
+  nets = {'g': model.net_g, 'd': model.net_d}
+  if model.use_facial_disc:
+    nets['dc'] = {c: getattr(model, f'net_d_{c}') for c in COMPONENTS}
+  return nets
+
+
+def load_weights(model, state_dicts: dict[str, Any]) -> None:
+  """Puts weights from `torch_state_dicts()` back into G, D and the component Ds, and clears their gradients.
+
+  The optimiser and EMA states are left as they are (an iteration's losses and
+  gradients do not depend on them).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def load(net, sd):
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+    for p in net.parameters():
+      p.grad = None
+
+  nets = _networks(model)
+  load(nets['g'], state_dicts['g'])
+  load(nets['d'], state_dicts['d'])
+  for c, net in nets.get('dc', {}).items():
+    load(net, state_dicts['dc'][c])
+
+
+def gradients(model) -> dict[str, Any]:
+  """The gradients the last iteration left on each trained network, as float32 numpy arrays.
+
+  `optimize_parameters` zeroes each optimiser before its backward pass and
+  steps without zeroing after, so after an iteration `.grad` holds exactly
+  that iteration's gradient: G of the G loss, D of `l_d` (+ `l_d_r1`), each
+  component D of its own loss.
+
+  Returns:
+    {'g': {name: array or None}, 'd': {...}, 'dc': {component: {...}}} by
+    parameter name (the state-dict key); None for a parameter without a
+    gradient (e.g. the decoder under `fix_decoder`).
+  """
+  def grads(net):
+    return {n: None if p.grad is None else p.grad.detach().cpu().numpy().astype(np.float32).copy()
+            for n, p in net.named_parameters()}
+
+  nets = _networks(model)
+  out = {'g': grads(nets['g']), 'd': grads(nets['d'])}
+  if 'dc' in nets:
+    out['dc'] = {c: grads(net) for c, net in nets['dc'].items()}
+  return out
