@@ -28,6 +28,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from gfpgan_jax import cli_common
 from gfpgan_jax import interrupts
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration (configs/ffhq.py[:variant]).',
@@ -71,6 +72,7 @@ def main(argv):
   signals.attach(lambda: _committed_checkpoint(_WORKDIR.value), lambda: None)
   logging.getLogger('gfpgan_jax').setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)  # Orbax's per-save INFO chatter
+  cli_common.quiet_backend_probe()  # no INFO line about a TPU backend at every start
   initialize_distributed()
   from gfpgan_jax import trainer  # pylint: disable=g-import-not-at-top
   logging.getLogger('gfpgan_jax.train').info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(), jax.process_count(),
