@@ -16,6 +16,7 @@ import pytest
 from configs import ffhq
 from gfpgan_jax import config_checks
 from gfpgan_jax import trainer
+from gfpgan_jax.testing import procs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -83,8 +84,9 @@ def test_unknown_nested_keys_are_rejected():
 
 
 def test_the_command_reports_an_unknown_field_in_one_line(tmp_path):
-  proc = subprocess.Popen([sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny',
-                           '--workdir', str(tmp_path / 'w'), '--config.model.generator_kwargs.narow=0.5'], cwd=ROOT,
+  cmd = [sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir',
+         str(tmp_path / 'w'), '--config.model.generator_kwargs.narow=0.5']
+  proc = subprocess.Popen(procs.launcher_argv(cmd), cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
@@ -150,8 +152,8 @@ def test_field_kinds():
   kinds = {k: config_checks.field_kind(k) for k in config_checks.flatten(json.loads(
       ffhq.get_config().to_json_best_effort()))}
   assert {k for k, v in kinds.items() if v == 'data stream'} == {
-      'seed', 'data.seed', 'data.batch_size', 'data.shuffle', 'data.source', 'data.train_dir', 'data.train_lq_dir', 'data.tfds_data_dir',
-      'data.tfds_name', 'data.tfds_split'}
+      'seed', 'data.seed', 'data.batch_size', 'data.shuffle', 'data.source', 'data.train_dir', 'data.train_lq_dir',
+      'data.tfds_data_dir', 'data.tfds_name', 'data.tfds_split'}
   assert kinds['data.resolution'] == kinds['model.generator_kwargs.narrow'] == 'architecture'
   assert kinds['data.eval_dir'] == kinds['total_steps'] == kinds['optim.g_lr'] == kinds['init.vgg19'] == 'other'
 

@@ -30,7 +30,7 @@ def official():
 # The training tests that run several processes (each compiling the whole step) need most of the 24 GiB of a CI
 # machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that they overlap the
 # short tests of the other worker and never each other.
-_HEAVY_MODULES = ('trainer_test',)
+_HEAVY_MODULES = ('trainer_test', 'sigint_test')  # both start training subprocesses
 
 
 def pytest_collection_modifyitems(config, items):

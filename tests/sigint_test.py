@@ -18,6 +18,7 @@ import pytest
 
 from gfpgan_jax import checkpoint_manifest as manifest
 from gfpgan_jax import checkpointing
+from gfpgan_jax.testing import procs
 from trainer_test import _TRAIN_WITH_DEVICES, ROOT, _subprocess_env
 
 
@@ -25,8 +26,9 @@ class _Proc:
   """A subprocess in its own process group, with its merged output read line by line."""
 
   def __init__(self, args, env):
-    self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, start_new_session=True)
+    # PDEATHSIG launcher: the trainer dies with a killed test worker too.
+    self.proc = subprocess.Popen(procs.launcher_argv(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     self.lines, self._queue = [], queue.Queue()
     threading.Thread(target=self._read, daemon=True).start()
 

@@ -25,6 +25,7 @@ from gfpgan_jax import restore
 from gfpgan_jax import train_state as ts
 from gfpgan_jax import trainer
 from gfpgan_jax import workdir_lock
+from gfpgan_jax.testing import procs as procs_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,8 +47,8 @@ def _env():
 def _holder(workdir, fork=False):
   """A subprocess (own process group, killed on exit) holding the lock; yields (proc, holder pid, child pid)."""
   args = [sys.executable, '-c', _HOLD, str(workdir)] + (['fork'] if fork else [])
-  proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
+  proc = subprocess.Popen(procs_lib.launcher_argv(args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
     line = proc.stdout.readline().split()
     assert line[:1] == ['locked'], line + [proc.stdout.read()]
@@ -101,9 +102,9 @@ _DISTRIBUTED = ('import sys, jax; jax.config.update("jax_cpu_collectives_impleme
 
 def _two_processes(workdir):
   port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen([sys.executable, '-c', _DISTRIBUTED, str(port), str(i), str(workdir)], cwd=ROOT,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True) for i in range(2)]
+  cmds = [[sys.executable, '-c', _DISTRIBUTED, str(port), str(i), str(workdir)] for i in range(2)]
+  procs = [subprocess.Popen(procs_lib.launcher_argv(cmd), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True) for cmd in cmds]
   try:
     return [p.communicate(timeout=240)[0] for p in procs]
   finally:
@@ -158,8 +159,8 @@ def test_second_trainer_exits_with_the_holder_and_changes_nothing(first_run, tmp
       trainer.train_and_evaluate(config, wd)
     # The command: one line on stderr naming the holder, no traceback, at once.
     start = time.time()
-    proc = subprocess.Popen([sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny',
-                             '--workdir', str(wd)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    cmd = [sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir', str(wd)]
+    proc = subprocess.Popen(procs_lib.launcher_argv(cmd), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
       _, err = proc.communicate(timeout=120)
