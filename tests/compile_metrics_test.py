@@ -99,7 +99,7 @@ def test_compilation_cache_default_and_precedence(tmp_path):
 
 
 def test_compiles_logged_and_cached_metrics_averaged_and_deduplicated_on_resume(tmp_path, caplog):
-  """A tiny run logging every step, killed (its last two checkpoints lost) and resumed logging every 4 steps."""
+  """A tiny run logging every step, killed (its last two checkpoints lost) and resumed logging every 3 steps."""
   caplog.set_level(logging.INFO, logger='gfpgan_jax.train')
   config = ffhq.get_config('tiny')  # as tests/trainer_test.py's runs (the same compiled steps, cached)
   config.loss.d_reg_every = 2  # R1 on even steps
@@ -119,23 +119,24 @@ def test_compiles_logged_and_cached_metrics_averaged_and_deduplicated_on_resume(
   assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
 
   caplog.clear()
-  config.log_every_steps = 4
+  config.log_every_steps = 3  # rows at 3 (step 3) and 6 (the means of steps 4-6)
   _, info = trainer.train_and_evaluate(config, tmp_path)
   assert info['compiles']['accumulate_train_step'] == info['compiles']['accumulate_train_step_r1'] == 1
   # A resumed run loads its steps from the persistent compilation cache.
   assert 'compiled train_step in' in caplog.text
   assert caplog.text.count('(from the persistent compilation cache)') >= 2, caplog.text
   rows = _rows(tmp_path)
-  assert [r['step'] for r in rows] == [1, 2, 6]  # steps 3-6 of the killed run dropped, no duplicates
+  assert [r['step'] for r in rows] == [1, 2, 3, 6]  # steps 3-6 of the killed run dropped, no duplicates
   assert [r['step'] for r in _rows(tmp_path, 'val/')] == [6]
   assert rows[:2] == first[:2]
-  # Row 6 holds the means over steps 3-6 (the replayed steps equal the killed run's: resume is bit-exact);
+  # Row 6 holds the means over steps 4-6 (the replayed steps equal the killed run's: resume is bit-exact);
   # d/r1 over the R1 steps 4 and 6 (d_reg_every=2); the learning rate at step 6.
-  interval = first[2:]
-  for name, value in rows[2].items():
+  interval = first[3:]
+  for name, value in rows[3].items():
     if name.startswith(('train/g/', 'train/d/')):
       expected = np.mean([r[name] for r in interval if name in r])
       np.testing.assert_allclose(value, expected, rtol=1e-5, err_msg=name)
-  assert 'train/d/r1' in rows[2] and [r['step'] for r in interval if 'train/d/r1' in r] == [4, 6]
-  assert rows[2]['train/lr/g'] == first[5]['train/lr/g']
-  assert rows[2]['train/g/total'] != first[5]['train/g/total']  # a mean, not the last step's value
+  assert 'train/d/r1' in rows[3] and [r['step'] for r in interval if 'train/d/r1' in r] == [4, 6]
+  assert rows[3]['train/lr/g'] == first[5]['train/lr/g']
+  assert rows[3]['train/g/total'] != first[5]['train/g/total']  # a mean, not the last step's value
+  np.testing.assert_allclose(rows[2]['train/g/total'], first[2]['train/g/total'], rtol=1e-6)  # one step: itself
