@@ -14,12 +14,14 @@ import threading
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from gfpgan_jax import checkpoint_manifest as manifest
 from gfpgan_jax import checkpointing
+from gfpgan_jax import trainer
 from gfpgan_jax.testing import procs
-from trainer_test import _TRAIN_WITH_DEVICES, ROOT, _subprocess_env
+from trainer_test import _TRAIN_WITH_DEVICES, ROOT, _flat_state, _subprocess_env, load_config
 
 
 class _Proc:
@@ -149,6 +151,38 @@ print('compiling', flush=True)
 jax.jit(f).lower(jnp.ones(16)).compile()
 print('compiled', flush=True)
 '''
+
+
+def test_sigint_during_a_checkpoint_write_saves_and_resumes_bit_exactly(tmp_path, spawn):
+  """Ctrl-C while Orbax writes a step (a temporary step directory exists): that write and the current step are
+  saved, and the resumed run ends bit-identical to an uninterrupted one."""
+  env = _subprocess_env(JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '')
+  workdir = tmp_path / 'w'
+  p = spawn(_train_cmd(workdir, '--config.total_steps=1000', '--config.checkpoint_every_steps=1'), env)
+  deadline = time.time() + 600
+  while not any('orbax-checkpoint-tmp' in q.name for q in (workdir / 'checkpoints').glob('*')
+                if q.name.partition('.')[0] not in ('', '1')):  # a write after the first one
+    assert p.proc.poll() is None and time.time() < deadline, p.output
+    time.sleep(0.05)
+  p.sigint()
+  rc = p.finish(timeout=120)
+  assert rc == 130, p.output
+  _assert_clean(p.output)
+  ckpt = checkpointing.Checkpointer(workdir)
+  saved = ckpt.committed_steps()[-1]
+  assert 2 <= saved < 1000
+  assert f'interrupted (SIGINT): saved step {saved} in {workdir / "checkpoints"}' in p.output, p.output
+  assert all(manifest.verify(ckpt.step_dir(s), s) for s in ckpt.committed_steps())  # no half-written step
+  ckpt.close()
+
+  total = saved + 2  # past the interruption, through one more R1 step
+  config = load_config(total_steps=total, checkpoint_every_steps=1, image_every_steps=1000)
+  assert trainer.train_and_evaluate(config, workdir)[1]['step'] == total
+  assert trainer.train_and_evaluate(config, tmp_path / 'reference')[1]['step'] == total
+  a, b = _flat_state(workdir, total), _flat_state(tmp_path / 'reference', total)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_sigint_while_the_loop_compiles_exits_at_once(spawn):
