@@ -300,12 +300,28 @@ class ResumeCheck:
       f.write(json.dumps(row) + '\n')
 
 
+def _same_place_in_workdir(old: Any, new: Any, workdir: pathlib.Path) -> bool:
+  """Whether `new`, a path inside `workdir`, names the same place as `old` did in a workdir since moved or copied.
+
+  E.g. the demo's `data.train_dir`: '/old/w/demo_data/train' -> '/new/w/demo_data/train'.
+  """
+  if not isinstance(old, str) or not isinstance(new, str) or not old or not new:
+    return False
+  try:
+    rel = pathlib.Path(new).absolute().relative_to(workdir.absolute()).parts
+  except ValueError:
+    return False
+  return bool(rel) and pathlib.Path(old).parts[-len(rel):] == rel
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                  allow_config_change: bool = False) -> ResumeCheck:
   """Compares `config` with WORKDIR/config.json when WORKDIR holds checkpoints; writes nothing.
 
   Only fields in both are compared: a field only in `config` was added by a
-  newer version, one only in the file is no longer read.
+  newer version, one only in the file is no longer read. A path inside the
+  workdir (the demo's data) that names the same place in a moved or copied
+  workdir is not a change.
 
   Raises:
     ConfigError: an architecture change (always), or a data-stream change
@@ -321,7 +337,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     raise ConfigError(f'{stored_file} is unreadable ({type(e).__name__}: {e}); it records the config of the '
                       f'checkpoints in {workdir / CHECKPOINT_DIR}: restore it, or start a new --workdir') from None
   old, new = flatten(previous), flatten(_json_dict(config))
-  changes = {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+  changes = {k: (old[k], v) for k, v in new.items()
+             if k in old and old[k] != v and not _same_place_in_workdir(old[k], v, workdir)}
 
   def listing(kind):
     return ', '.join(f'{k}: {_fmt(a)} -> {_fmt(b)}' for k, (a, b) in sorted(changes.items()) if field_kind(k) == kind)

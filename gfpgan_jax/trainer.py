@@ -195,8 +195,12 @@ def abstract_batches(config: ml_collections.ConfigDict, batch_sharding) -> tuple
   train = {'gt': _spec((b, r, r, 3), np.uint8, batch_sharding), 'num_skipped': _spec((b,), np.int32, batch_sharding)}
   if config.data.crop_components:
     train.update({f'loc_{c}': _spec((b, 4), np.float32, batch_sharding) for c in ts.COMPONENTS})
+  if config.data.get('train_lq_dir', ''):  # paired data: the given LQ of each GT
+    train['lq'] = _spec((b, r, r, 3), np.uint8, batch_sharding)
   evals = {'gt': _spec((e, r, r, 3), np.uint8, batch_sharding), 'index': _spec((e,), np.int32, batch_sharding),
            'mask': _spec((e,), np.bool_, batch_sharding), 'num_skipped': _spec((e,), np.int32, batch_sharding)}
+  if config.data.get('eval_lq_dir', ''):
+    evals['lq'] = _spec((e, r, r, 3), np.uint8, batch_sharding)
   return train, evals
 
 

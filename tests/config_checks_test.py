@@ -148,6 +148,20 @@ def _stored(tmp_path, config, checkpoint=True):
   return (tmp_path / 'config.json').read_bytes()
 
 
+def test_a_moved_workdir_resumes(tmp_path):
+  """Paths inside the workdir (the demo's data) follow it when it is moved or copied; other paths do not."""
+  old = ffhq.get_config('tiny')
+  old.data.update(source='folder', train_dir=str(tmp_path / 'a' / 'demo_data' / 'train'))
+  _stored(tmp_path / 'a', old)
+  (tmp_path / 'a').rename(tmp_path / 'b')
+  moved = ffhq.get_config('tiny')
+  moved.data.update(source='folder', train_dir=str(tmp_path / 'b' / 'demo_data' / 'train'))
+  assert config_checks.check_resume(moved, tmp_path / 'b').describe() == []
+  moved.data.train_dir = str(tmp_path / 'b' / 'other_faces')
+  with pytest.raises(config_checks.ConfigError, match='changed data stream'):
+    config_checks.check_resume(moved, tmp_path / 'b')
+
+
 def test_field_kinds():
   kinds = {k: config_checks.field_kind(k) for k in config_checks.flatten(json.loads(
       ffhq.get_config().to_json_best_effort()))}

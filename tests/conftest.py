@@ -30,7 +30,9 @@ def official():
 # The training tests that run several processes (each compiling the whole step) need most of the 24 GiB of a CI
 # machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that they overlap the
 # short tests of the other worker and never each other.
-_HEAVY_MODULES = ('trainer_test', 'sigint_test')  # both start training subprocesses
+# Modules that train (in subprocesses, or several runs in the worker): one worker runs them, one at a time, so
+# that the suite's peak memory is one of them beside the other worker's short tests.
+_HEAVY_MODULES = ('trainer_test', 'sigint_test', 'checkpoint_faults_test', 'compile_metrics_test', 'paired_test')
 
 
 def pytest_collection_modifyitems(config, items):
