@@ -27,11 +27,9 @@ def official():
   return official_lib.load()
 
 
-# The training tests that run several processes (each compiling the whole step) need most of the 24 GiB of a CI
-# machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that they overlap the
-# short tests of the other worker and never each other.
-# Modules that train (in subprocesses, or several runs in the worker): one worker runs them, one at a time, so
-# that the suite's peak memory is one of them beside the other worker's short tests.
+# The training tests (several processes each compiling the whole step, or several runs in the worker) need most
+# of the 24 GiB of a CI machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that
+# they overlap the short tests of the other worker and never each other.
 _HEAVY_MODULES = ('trainer_test', 'sigint_test', 'checkpoint_faults_test', 'compile_metrics_test', 'paired_test')
 
 
