@@ -135,10 +135,11 @@ class ResNetArcFace(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.Conv2d(64, 3, padding=1, use_bias=False, kernel_init=_xavier_normal, name='conv1', **kw)(x)
     x = layers.PReLU(name='prelu', **kw)(layers.BatchNorm(name='bn1', **kw)(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = layers.max_pool2x(x)
     for n, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
       x = _Layer(planes, self.layers[n], stride, self.use_se, name=f'layer{n + 1}', **kw)(x)
     x = layers.BatchNorm(name='bn4', **kw)(x)
     x = layers.nchw_flatten(x)
-    x = layers.Linear(512, kernel_init=_xavier_normal, bias_init=nn.initializers.zeros, name='fc5', **kw)(x)
+    x = layers.Linear(512, kernel_init=_xavier_normal, bias_init=nn.initializers.zeros, few_rows=True, name='fc5',
+                      **kw)(x)
     return layers.BatchNorm(name='bn5', **kw)(x)

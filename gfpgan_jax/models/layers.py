@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from gfpgan_jax.models import resample
 
@@ -32,6 +33,7 @@ Dtype = Any
 SQRT2 = math.sqrt(2.0)
 DEFAULT_RESAMPLE_KERNEL = (1, 3, 3, 1)
 _CONV_DIMS = ('NHWC', 'HWIO', 'NHWC')
+_PHASE_ROWS = np.array([[2, 0], [3, 1]])  # conv_transpose2x: [phase, tap] -> kernel row (3: zero)
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.2) -> Array:
@@ -54,6 +56,84 @@ def conv2d(x: Array,
   return lax.conv_general_dilated(
       x, w, window_strides=(stride, stride), padding=padding, dimension_numbers=_CONV_DIMS,
       feature_group_count=groups)
+
+
+def conv_transpose2x(x: Array, w: Array) -> Array:
+  """`F.conv_transpose2d(x, w, stride=2, padding=0)` for a 3x3 kernel: [N,H,W,I] -> [N,2H+1,2W+1,O].
+
+  w is the kernel as a cross-correlation would use it, [3,3,I,O] (HWIO of the
+  torch [I,O,3,3] weight, not flipped). Output pixel p gets x[m] * w[p - 2m].
+
+  On the CPU it is computed by phases: the even and odd output rows and columns
+  are four stride-1 2x2 convs of the input padded by one, stacked as 4*O
+  output channels of one conv, then interleaved. XLA:CPU computes the
+  weight gradient of the zero-dilated form (`lhs_dilation`, used on other
+  backends) as a window-dilated, reversed convolution with no fast kernel:
+  about 0.3 s per step of the 64 px demo for a 128 -> 64 channel layer
+  (scripts/benchmark.py train), against milliseconds for the phase form. The
+  two are the same sum, so they agree to float32 rounding.
+  """
+  kh, kw = w.shape[:2]
+  if (kh, kw) != (3, 3) or jax.default_backend() != 'cpu':
+    return lax.conv_general_dilated(x, w[::-1, ::-1], window_strides=(1, 1), padding=[(kh - 1, kh - 1),
+                                                                                      (kw - 1, kw - 1)],
+                                    lhs_dilation=(2, 2), dimension_numbers=_CONV_DIMS)
+  n, h, wd, i = x.shape
+  o = w.shape[-1]
+  # Over the input padded by one, xp[m] = x[m - 1], output row 2m + a (phase a) takes the taps
+  # xp[m + t], t = 0, 1, with kernel rows _PHASE_ROWS[a][t] (3: the zero row): even rows
+  # w[2] x[m-1] + w[0] x[m], odd rows w[1] x[m]. The same for columns.
+  wz = jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  k = wz[_PHASE_ROWS[:, :, None, None], _PHASE_ROWS[None, None, :, :]]  # [a, t_h, b, t_w, I, O]
+  kernel = k.transpose(1, 3, 4, 0, 2, 5).reshape(2, 2, i, 4 * o)  # [t_h, t_w, I, (a, b, O)]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y = lax.conv_general_dilated(xp, kernel, window_strides=(1, 1), padding='VALID', dimension_numbers=_CONV_DIMS)
+  y = y.reshape(n, h + 1, wd + 1, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h + 2, 2 * wd + 2, o)
+  return y[:, :2 * h + 1, :2 * wd + 1]
+
+
+def max_pool2x(x: Array) -> Array:
+  """`F.max_pool2d(x, 2)` on [N,H,W,C] -> [N,H//2,W//2,C], with torch's gradient.
+
+  The gradient goes to the first maximum of each window in row-major order
+  (torch's index; `nn.max_pool`'s reduce-window gradient is a variadic
+  reduce-window over four index maps, about 50 ms a step for ArcFace's
+  128 px stem on XLA:CPU). Here it is a one-hot selection, fused with its
+  neighbours.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  win = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
+  first = jax.nn.one_hot(jnp.argmax(lax.stop_gradient(win), axis=-1), 4, dtype=x.dtype)
+  return jnp.sum(win * first, axis=-1)
+
+
+@jax.custom_vjp
+def matmul_few_rows(x: Array, w: Array) -> Array:
+  """x @ w for x [N, K] and w [K, O], for a large w and a handful of rows.
+
+  Identical forward; the input gradient g @ w.T is computed one row at a time
+  (a matrix-vector product each) on the CPU when N <= 8: XLA:CPU's GEMM for
+  such a product with w's contracting dim minor takes 140 ms for ArcFace's fc5
+  (32768 x 512) at N = 4, the rows 11 ms.
+  """
+  return jnp.dot(x, w)
+
+
+def _matmul_few_rows_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _matmul_few_rows_bwd(res, g):
+  x, w = res
+  if x.shape[0] <= 8 and jax.default_backend() == 'cpu':
+    dx = jnp.stack([jnp.dot(w, g[i]) for i in range(x.shape[0])]) if x.shape[0] else jnp.dot(g, w.T)
+  else:
+    dx = jnp.dot(g, w.T)
+  return dx.astype(x.dtype), jnp.dot(x.T, g).astype(w.dtype)
+
+
+matmul_few_rows.defvjp(_matmul_few_rows_fwd, _matmul_few_rows_bwd)
 
 
 def nchw_flatten(x: Array) -> Array:
@@ -149,6 +229,7 @@ class Linear(nn.Module):
   use_bias: bool = True
   kernel_init: Any = torch_default_kernel_init
   bias_init: Any = None
+  few_rows: bool = False  # a large layer applied to a few rows: `matmul_few_rows`
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -156,7 +237,8 @@ class Linear(nn.Module):
   def __call__(self, x: Array) -> Array:
     in_ch = x.shape[-1]
     w = self.param('weight', self.kernel_init, (in_ch, self.features), self.param_dtype)
-    y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+    matmul = matmul_few_rows if self.few_rows and x.ndim == 2 else jnp.dot
+    y = matmul(x.astype(self.dtype), w.astype(self.dtype))
     if self.use_bias:
       bias_init = self.bias_init or torch_default_bias_init(in_ch)
       y = y + self.param('bias', bias_init, (self.features,), self.param_dtype).astype(self.dtype)

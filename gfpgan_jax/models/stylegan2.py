@@ -119,11 +119,7 @@ class ModulatedConv2d(nn.Module):
         out = out * demod.astype(out.dtype)[:, None, None, :]
       return out
     if self.sample_mode == 'upsample':
-      # conv_transpose2d(stride 2, pad 0) == conv of the 2x zero-dilated input,
-      # padded by k-1, with the spatially flipped kernel; gives 2h+1.
-      out = lax.conv_general_dilated(
-          x, wc[::-1, ::-1], window_strides=(1, 1), padding=[(k - 1, k - 1)] * 2,
-          lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      out = layers.conv_transpose2x(x, wc)  # conv_transpose2d(stride 2, pad 0): 2h+1
     elif self.sample_mode == 'downsample':
       x = layers.blur_before_stride2(x, k, self.resample_kernel)
       out = layers.conv2d(x, wc, stride=2, padding=0)
