@@ -3,7 +3,7 @@ r"""Benchmarks, side by side with the official PyTorch code on the same machine.
     python scripts/benchmark.py infer [--batch-sizes 1,8] [--threads N]
     python scripts/benchmark.py data  [...]
     python scripts/benchmark.py train [...]
-    python scripts/benchmark.py detect | parse | upsample | restoreformer | photo | step_parity [...]
+    python scripts/benchmark.py detect | parse | upsample | restoreformer | photo | step_parity | profile [...]
 
 Each subcommand lives in `scripts/bench_<name>.py` and exposes
 `add_arguments(parser)` and `run(args)`. Results are printed and, with
@@ -16,7 +16,8 @@ import json
 import pathlib
 import sys
 
-SUBCOMMANDS = ('infer', 'data', 'train', 'detect', 'parse', 'upsample', 'restoreformer', 'photo', 'step_parity')
+SUBCOMMANDS = ('infer', 'data', 'train', 'detect', 'parse', 'upsample', 'restoreformer', 'photo', 'step_parity',
+               'profile')
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ class _VGGNet(nn.Module):
         x = jax.nn.relu(x)
       elif not self.remove_pooling:
         s = self.pooling_stride
-        x = nn.max_pool(x, (2, 2), (s, s))
+        x = layers.max_pool2x(x) if s == 2 else nn.max_pool(x, (2, 2), (s, s))
       if name in self.layer_name_list:
         out[name] = x
     return out
