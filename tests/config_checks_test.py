@@ -1,11 +1,8 @@
 """Config validation before compile (bad overrides, the full recipe's loss networks) and the resume comparison."""
 
-import contextlib
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 
 from absl import flags
@@ -86,14 +83,9 @@ def test_unknown_nested_keys_are_rejected():
 def test_the_command_reports_an_unknown_field_in_one_line(tmp_path):
   cmd = [sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir',
          str(tmp_path / 'w'), '--config.model.generator_kwargs.narow=0.5']
-  proc = subprocess.Popen(procs.launcher_argv(cmd), cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
-  try:
-    out, err = proc.communicate(timeout=120)
-  finally:
-    with contextlib.suppress(ProcessLookupError):
-      os.killpg(proc.pid, signal.SIGKILL)
+  proc = procs.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu'),
+                   capture_output=True, text=True, timeout=120)
+  out, err = proc.stdout, proc.stderr
   assert proc.returncode == 1
   assert err.strip() == ('gfpgan_jax.train: error: unknown config field \'narow\' in '
                          '--config.model.generator_kwargs.narow; Did you mean "narrow" instead of "narow"?'), out + err

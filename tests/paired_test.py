@@ -42,12 +42,7 @@ def _config(root, paths, **updates):
   config.data.update(dict(source='folder', train_dir=paths['train_dir'], eval_dir=paths['eval_dir'],
                           landmarks_path=paths['landmarks_path'], landmarks_resolution=512,
                           train_lq_dir=str(root / 'train_lq'), eval_lq_dir=str(root / 'eval_lq')))
-  for key, value in updates.items():
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(updates)
   return config
 
 

@@ -26,12 +26,7 @@ def load_config(variant='tiny', **updates):
   config = ffhq.get_config(variant)
   config.loss.d_reg_every = 2  # both step variants (with and without R1) run within 3 steps
   config.eval_every_steps = 1000
-  for key, value in updates.items():
-    node = config
-    *path, last = key.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = value
+  config.update_from_flattened_dict(updates)
   return config
 
 

@@ -47,16 +47,11 @@ def _env():
 def _holder(workdir, fork=False):
   """A subprocess (own process group, killed on exit) holding the lock; yields (proc, holder pid, child pid)."""
   args = [sys.executable, '-c', _HOLD, str(workdir)] + (['fork'] if fork else [])
-  proc = subprocess.Popen(procs_lib.launcher_argv(args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
-  try:
+  with procs_lib.popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) as proc:
     line = proc.stdout.readline().split()
     assert line[:1] == ['locked'], line + [proc.stdout.read()]
     yield proc, int(line[1]), int(line[2])
-  finally:
-    with contextlib.suppress(ProcessLookupError):
-      os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
 
 
 def _snapshot(workdir):
@@ -103,14 +98,10 @@ _DISTRIBUTED = ('import sys, jax; jax.config.update("jax_cpu_collectives_impleme
 def _two_processes(workdir):
   port = portpicker.pick_unused_port()
   cmds = [[sys.executable, '-c', _DISTRIBUTED, str(port), str(i), str(workdir)] for i in range(2)]
-  procs = [subprocess.Popen(procs_lib.launcher_argv(cmd), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True) for cmd in cmds]
-  try:
+  with contextlib.ExitStack() as stack:
+    procs = [stack.enter_context(procs_lib.popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True)) for cmd in cmds]
     return [p.communicate(timeout=240)[0] for p in procs]
-  finally:
-    for p in procs:
-      with contextlib.suppress(ProcessLookupError):
-        os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_multi_process_runs_lock_on_process_0_only(tmp_path):
@@ -160,13 +151,8 @@ def test_second_trainer_exits_with_the_holder_and_changes_nothing(first_run, tmp
     # The command: one line on stderr naming the holder, no traceback, at once.
     start = time.time()
     cmd = [sys.executable, '-m', 'gfpgan_jax.train', '--config', f'{ROOT}/configs/ffhq.py:tiny', '--workdir', str(wd)]
-    proc = subprocess.Popen(procs_lib.launcher_argv(cmd), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-      _, err = proc.communicate(timeout=120)
-    finally:
-      with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    proc = procs_lib.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    err = proc.stderr
     assert proc.returncode == 1
     errors = [l for l in err.splitlines() if 'error' in l.lower() or 'Traceback' in l]
     assert errors == [f'gfpgan_jax.train: error: {wd} is in use by another training run: pid {pid} on host '
@@ -186,9 +172,7 @@ def test_second_trainer_exits_with_the_holder_and_changes_nothing(first_run, tmp
 def test_refused_config_change_writes_nothing_and_restore_still_works(first_run, tmp_path, updates, allowed, fields):
   config, wd = first_run
   config = config.copy_and_resolve_references()
-  for key, value in updates.items():
-    *path, last = key.split('.')
-    functools.reduce(lambda n, k: n[k], path, config)[last] = value
+  config.update_from_flattened_dict(updates)
   before = _snapshot(wd)
   model_json, config_json = (wd / 'model.json').read_bytes(), (wd / 'config.json').read_bytes()
   flag = [False, True] if allowed else [False]
