@@ -19,25 +19,32 @@ _SCRIPT = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'bench_tr
 NUM_STEPS = 50  # R1 at iterations 16, 32, 48 (d_reg_every 16, the recipe's)
 SEED = 0
 
-# Stated distances of bf16 compute from float32 after 50 steps from the same seed and batches (measured on the
-# 2-core CPU, XLA:CPU; each bound a few times the measurement). The run is deterministic: the measurement repeats.
-# Loss terms: the mean over the last 10 steps, bf16 / float32, must lie within a factor of the bound.
-RECON_TERMS = ('g/l1', 'g/percep', 'g/style', 'g/identity')  # measured worst: g/l1 0.9755, g/identity 0.9725
-RECON_FACTOR = 1.1
-# The adversarial terms (and those that read D's features) are chaotic from step to step (single steps differ by
-# up to 3x), their 10-step means much less: measured 0.79 (g/gan_left_eye) to 1.27 (d/d_left_eye); g/total 0.886.
+# Stated distances of bf16 compute from float32 from the same seed and batches (measured on the 2-core CPU,
+# XLA:CPU). Each environment is deterministic, but the 50-step trajectories depend on it: the same code alone
+# (1 device) and under pytest (8 virtual devices) measured different late-step ratios (g/style 1.017 and 0.906,
+# g/total 0.886 and 0.688): the GAN dynamics amplify any rounding difference. So the late bounds are loose (about twice
+# the worst of both, in log ratio) and the tight check is on the first steps.
+# Loss terms after 50 steps: the mean over the last 10 steps, bf16 / float32, within a factor of the bound.
+RECON_TERMS = ('g/l1', 'g/percep', 'g/style', 'g/identity')  # measured worst: 0.906 (g/style, under pytest)
+RECON_FACTOR = 1.25
+# The adversarial terms (and those that read D's features) swing from step to step (single steps differ by up to
+# 3x), their 10-step means less: measured 0.596 (g/gan_left_eye, under pytest) to 1.52 (d/d_left_eye).
 ADV_TERMS = ('g/total', 'g/gan', 'g/gan_left_eye', 'g/gan_right_eye', 'g/gan_mouth', 'g/comp_style', 'd/d',
              'd/d_left_eye', 'd/d_right_eye', 'd/d_mouth')
-ADV_FACTOR = 2.0
+ADV_FACTOR = 3.0
+# The first steps, before the adversarial dynamics amplify any difference (step 1 starts from the same state: the
+# compute dtype alone): every term of RECON_TERMS + ADV_TERMS within EARLY_TOL of float32 in each of the first
+# EARLY_STEPS steps. Measured worst: 1.6% (g/gan, step 3). bf16 weight storage (below) is off by 36% at step 3.
+EARLY_STEPS = 3
+EARLY_TOL = 0.05
 # Relative L2 of the weights after 50 steps. Measured: G 1.96e-3, G-EMA 7.9e-4, D 8.7e-3.
 REL_L2_BOUNDS = {'g_params': 1e-2, 'g_ema_params': 4e-3, 'd_params': 3e-2}
 # The G-EMA's float32 output on a fixed input, bf16-trained against float32-trained weights, PSNR over the [-1, 1]
 # range. Measured: 27.2 dB (RMS difference 0.087; correlation 0.98).
 EMA_OUTPUT_PSNR_FLOOR_DB = 20.0
-# A broken bf16 path is caught by the loss ratios: `train(..., round_params_to_bf16=True)` (bf16 weight storage)
-# measured g/l1 0.865, g/percep 0.874, g/style 0.799, g/identity 0.863 (outside 1/1.1), g/total 0.40 and
-# g/comp_style 0.24 (outside 1/2), d/d_left_eye 2.47 (outside 2). The weight and output bounds only catch gross
-# divergence: that variant is G 2.9e-3, G-EMA 1.8e-3, D 1.8e-2 and 22.5 dB, inside them.
+# A broken bf16 path: `train(..., round_params_to_bf16=True)` (bf16 weight storage) fails the early check at step 3
+# (g/l1 0.905, g/style 0.638, g/comp_style 0.584) and the late one (g/style 0.799, g/comp_style 0.24); the weight
+# and output bounds only catch gross divergence (that variant: G 2.9e-3, G-EMA 1.8e-3, D 1.8e-2, 22.5 dB).
 
 
 def _config(dtype: str):
@@ -126,21 +133,25 @@ def test_bf16_training_finite_and_near_float32(runs):
       assert not bad, f'step {i + 1}: {bad}'
     assert [i + 1 for i, m in enumerate(history) if 'd/r1' in m] == [16, 32, 48]
   assert jax.tree.leaves(s16.g_params)[0].dtype == np.float32  # parameters stay float32
-  # The loss terms: the means over the last 10 steps, bf16 against float32.
+  # The loss terms (means over the last 10 steps), the weights and what the EMA generator computes: all measured
+  # and printed first, then checked.
   ratios = {k: np.mean([m[k] for m in h16[-10:]]) / np.mean([m[k] for m in h32[-10:]])
             for k in RECON_TERMS + ADV_TERMS}
-  print('last-10-step mean ratio bf16/f32:', {k: round(float(v), 4) for k, v in ratios.items()})
-  for keys, factor in ((RECON_TERMS, RECON_FACTOR), (ADV_TERMS, ADV_FACTOR)):
-    off = {k: ratios[k] for k in keys if not 1 / factor < ratios[k] < factor}
-    assert not off, f'bf16/f32 loss ratios outside (1/{factor}, {factor}): {off}'
-  # The weights and what the EMA generator computes.
   dist = {k: rel_l2(getattr(s16, k), getattr(s32, k)) for k in ('g_params', 'g_ema_params', 'd_params')}
-  print('relative L2 bf16 vs f32 after 50 steps:', {k: f'{v:.3g}' for k, v in dist.items()})
-  for key, bound in REL_L2_BOUNDS.items():
-    assert dist[key] < bound, (key, dist[key], bound)
   cfg = _config('float32')
   out32, out16 = ema_output(s32, cfg), ema_output(s16, cfg)
   psnr = 10 * np.log10(4.0 / np.mean((out16.astype(np.float64) - out32)**2))
+  print('last-10-step mean ratio bf16/f32:', {k: round(float(v), 4) for k, v in ratios.items()})
+  print('relative L2 bf16 vs f32 after 50 steps:', {k: f'{v:.3g}' for k, v in dist.items()})
   print(f'G-EMA output, bf16- vs float32-trained weights: PSNR {psnr:.1f} dB')
+  early = {(i + 1, k): h16[i][k] / h32[i][k] for i in range(EARLY_STEPS) for k in RECON_TERMS + ADV_TERMS}
+  print(f'first {EARLY_STEPS} steps, worst bf16/f32 ratio:', max(early.items(), key=lambda kv: abs(kv[1] - 1)))
+  off = {k: v for k, v in early.items() if abs(v - 1) > EARLY_TOL}
+  assert not off, f'(step, loss) with bf16/f32 ratios off by more than {EARLY_TOL}: {off}'
+  for keys, factor in ((RECON_TERMS, RECON_FACTOR), (ADV_TERMS, ADV_FACTOR)):
+    off = {k: ratios[k] for k in keys if not 1 / factor < ratios[k] < factor}
+    assert not off, f'bf16/f32 loss ratios outside (1/{factor}, {factor}): {off}'
+  for key, bound in REL_L2_BOUNDS.items():
+    assert dist[key] < bound, (key, dist[key], bound)
   assert psnr > EMA_OUTPUT_PSNR_FLOOR_DB
   assert dist['g_params'] > 1e-5  # bf16 really ran: the trajectories differ
