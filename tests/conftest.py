@@ -30,7 +30,8 @@ def official():
 # The training tests (several processes each compiling the whole step, or several runs in the worker) need most
 # of the 24 GiB of a CI machine: they share one xdist worker (`--dist loadgroup`) and are scheduled first, so that
 # they overlap the short tests of the other worker and never each other.
-_HEAVY_MODULES = ('trainer_test', 'sigint_test', 'checkpoint_faults_test', 'compile_metrics_test', 'paired_test')
+_HEAVY_MODULES = ('trainer_test', 'sigint_test', 'checkpoint_faults_test', 'compile_metrics_test', 'paired_test',
+                  'bf16_train_test')
 
 
 def pytest_collection_modifyitems(config, items):
