@@ -13,6 +13,10 @@ for the backward pass, ...) or whose frozen weights it reads, and its kind
 (convolution, dot, a copy/transpose, a reduce-window, other fusions). A copy of a
 frozen network's weights is a layout change XLA makes every step.
 
+The ops' sum is below the wall time times the thread count: threads wait on
+each other between ops, and the profile ranks ops, it does not account for
+every cycle.
+
 This is how the slow gradient kernels of XLA:CPU were found (gfpgan_jax/models/
 layers.py: `conv_transpose2x`, `max_pool2x`, `matmul_few_rows`). The trace is
 kept in `--trace-dir` (view it with TensorBoard's profile plugin or Perfetto).
