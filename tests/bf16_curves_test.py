@@ -46,7 +46,6 @@ def test_read_metrics_and_seconds_per_step(curves, tmp_path):
 
 
 def test_reuse_writes_the_png_and_the_table(curves, tmp_path, capsys):
-  pytest.importorskip('matplotlib')
   _workdir(tmp_path, 'float32', 1.0)
   _workdir(tmp_path, 'bfloat16', 1.1)
   parser = argparse.ArgumentParser()
