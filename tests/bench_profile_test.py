@@ -1,24 +1,16 @@
 """scripts/bench_profile.py: a profiler trace of a compiled function is summed per op and attributed."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import pytest
 
 from gfpgan_jax import xla_options
 from gfpgan_jax.models import vgg as vgg_lib
-
-_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'bench_profile.py'
-
+from gfpgan_jax.testing import scripts
 
 @pytest.fixture(scope='module')
 def bench():
-  spec = importlib.util.spec_from_file_location('bench_profile', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('bench_profile')
 
 
 def test_attribute_names_network_pass_and_kind(bench):

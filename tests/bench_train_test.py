@@ -1,8 +1,6 @@
 """scripts/bench_train.py and `gfpgan_jax.testing.torch_train_step`: the official step trains, weights convert."""
 
-import importlib.util
 import math
-import pathlib
 
 import jax
 import numpy as np
@@ -10,17 +8,12 @@ import pytest
 import torch
 
 from gfpgan_jax import train_state as ts
+from gfpgan_jax.testing import scripts
 from gfpgan_jax.testing import torch_train_step
-
-_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'bench_train.py'
-
 
 @pytest.fixture(scope='module')
 def bench():
-  spec = importlib.util.spec_from_file_location('bench_train', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('bench_train')
 
 
 def test_load_config_resolution_batch_and_overrides(bench):

@@ -1,21 +1,15 @@
 """scripts/bf16_curves.py on two hand-written workdirs: metrics read back, s/step without eval intervals, the PNG."""
 
 import argparse
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'bf16_curves.py'
-
+from gfpgan_jax.testing import scripts
 
 @pytest.fixture(scope='module')
 def curves():
-  spec = importlib.util.spec_from_file_location('bf16_curves', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('bf16_curves')
 
 
 def _workdir(root, dtype, loss_scale):

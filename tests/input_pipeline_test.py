@@ -13,6 +13,7 @@ import pytest
 
 from gfpgan_jax.data import input_pipeline
 from gfpgan_jax.data import landmarks as landmarks_lib
+from gfpgan_jax.testing import scripts
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from configs import ffhq  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -363,8 +364,7 @@ def test_config_defaults_are_the_official_v1_recipe():
 
 
 def test_host_rate_probe():
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'scripts'))
-  import bench_host  # pylint: disable=g-import-not-at-top
+  bench_host = scripts.load('bench_host')
   args = bench_host.argparse.Namespace(workers='0', resolution=RES, num_images=8, batch_size=4, num_batches=2,
                                        warmup_batches=1)
   results = bench_host.host_rate(args)

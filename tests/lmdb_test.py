@@ -1,6 +1,5 @@
 """BasicSR LMDB datasets: a source for training and an input of scripts/prepare_ffhq.py."""
 
-import importlib
 import pathlib
 import pickle
 import sys
@@ -14,13 +13,13 @@ from gfpgan_jax.data import input_pipeline
 from gfpgan_jax.data import landmarks as landmarks_lib
 from gfpgan_jax.data import lmdb_source
 from gfpgan_jax.data import sources
+from gfpgan_jax.testing import scripts
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'scripts'))
 from configs import ffhq  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-prepare_ffhq = importlib.import_module('prepare_ffhq')
+prepare_ffhq = scripts.load('prepare_ffhq')
 
 SIZE = 32
 

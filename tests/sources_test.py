@@ -1,6 +1,5 @@
 """Image decoding, landmarks files, and the TFDS ArrayRecord round trip through scripts/prepare_ffhq.py."""
 
-import importlib
 import io
 import json
 import pathlib
@@ -16,14 +15,14 @@ import pytest
 from gfpgan_jax.data import input_pipeline
 from gfpgan_jax.data import landmarks as landmarks_lib
 from gfpgan_jax.data import sources
+from gfpgan_jax.testing import scripts
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'scripts'))
 from configs import ffhq  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-prepare_ffhq = importlib.import_module('prepare_ffhq')
-convert_landmarks = importlib.import_module('convert_landmarks')
+prepare_ffhq = scripts.load('prepare_ffhq')
+convert_landmarks = scripts.load('convert_landmarks')
 
 
 def png16(array: np.ndarray) -> bytes:
