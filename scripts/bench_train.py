@@ -333,6 +333,46 @@ def official_weights(path: str, nets, config, state, frozen):
   return jax.jit(assemble)(g, d, dc), jax.device_put(new_frozen)
 
 
+def init_training(config, seed: int, weights: str | None = None):
+  """Our networks, initial state, frozen variables and GT batch (`make_batch`) for `config`, from `seed`.
+
+  The state is `ts.init_state` from key `seed` and the frozen networks from
+  `seed + 1`; `weights` (an `.npz` of `save_official_weights`) replaces both
+  with that official initialisation, converted. Used by `JaxSession` and by
+  tests/bf16_train_test.py.
+
+  Returns:
+    (nets, state, batch, frozen), the batch on the default device.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+
+  nets = ts.build_networks(config)
+  state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(seed))
+  frozen = ts.init_frozen(nets, jax.random.key(seed + 1))
+  if weights:
+    state, frozen = official_weights(weights, nets, config, state, frozen)
+  gt_u8, locs = make_batch(config, seed)
+  batch = {'gt': gt_u8, 'num_skipped': jnp.zeros((gt_u8.shape[0],), jnp.int32)}
+  if nets.dc is not None:
+    batch.update({f'loc_{c}': locs[c] for c in COMPONENTS})
+  return nets, state, jax.device_put(batch), frozen
+
+
+def compile_step(nets, config, state, batch, frozen, r1: bool):
+  """`steps.train_step` (plain or R1) for these arguments, compiled ahead of time with `xla_options`.
+
+  The state argument is donated: pass each call the state the previous one returned.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax import steps  # pylint: disable=g-import-not-at-top
+  from gfpgan_jax import xla_options  # pylint: disable=g-import-not-at-top
+
+  fn = jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=r1), donate_argnums=0)
+  return fn.lower(state, batch, frozen).compile(compiler_options=xla_options.compiler_options())
+
+
 def peak_flops(device_kind: str, dtype: str, override_tflops: float | None = None) -> float | None:
   """Dense peak FLOP/s of a device kind for `dtype` (`PEAK_FLOPS`), or the override in TFLOP/s."""
   if override_tflops:
@@ -348,33 +388,19 @@ class JaxSession:
 
   def __init__(self, spec: dict):
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from gfpgan_jax import steps  # pylint: disable=g-import-not-at-top
-    from gfpgan_jax import train_state as ts  # pylint: disable=g-import-not-at-top
-    from gfpgan_jax import xla_options  # pylint: disable=g-import-not-at-top
 
     self.jax, self.spec = jax, spec
     self.device = jax.devices()[0]
     self.rss_import = _rss_mb()
     config = self.config = load_config(spec['variant'], spec['resolution'], spec['batch'], spec['overrides'],
                                        spec['dtype'])
-    nets = ts.build_networks(config)
-    state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(spec['seed']))
-    frozen = ts.init_frozen(nets, jax.random.key(spec['seed'] + 1))
-    if spec.get('weights'):
-      state, frozen = official_weights(spec['weights'], nets, config, state, frozen)
-    gt_u8, locs = make_batch(config, spec['seed'])
-    batch = {'gt': gt_u8, 'num_skipped': jnp.zeros((gt_u8.shape[0],), jnp.int32)}
-    if nets.dc is not None:
-      batch.update({f'loc_{c}': locs[c] for c in COMPONENTS})
-    self.state, self.batch, self.frozen = state, jax.device_put(batch), frozen
+    nets, self.state, self.batch, self.frozen = init_training(config, spec['seed'], spec.get('weights'))
     self.compiled, self.compile_s, self.flops = {}, {}, {}
     for r1 in (False, True) if spec['r1_iters'] > 0 else (False,):
       name = 'r1' if r1 else 'plain'
-      fn = jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=r1), donate_argnums=0)
       t0 = time.perf_counter()
-      self.compiled[r1] = fn.lower(self.state, self.batch, self.frozen).compile(
-          compiler_options=xla_options.compiler_options())
+      self.compiled[r1] = compile_step(nets, config, self.state, self.batch, self.frozen, r1)
       self.compile_s[name] = time.perf_counter() - t0
       cost = self.compiled[r1].cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost

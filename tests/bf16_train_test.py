@@ -1,8 +1,5 @@
 """bfloat16 compute in training: 50 steps of the tiny recipe stay finite and near the float32 trajectory."""
 
-import functools
-import importlib.util
-import pathlib
 import time
 
 import jax
@@ -11,11 +8,9 @@ import numpy as np
 import pytest
 
 from configs import ffhq
-from gfpgan_jax import steps
 from gfpgan_jax import train_state as ts
-from gfpgan_jax import xla_options
+from gfpgan_jax.testing import scripts
 
-_SCRIPT = pathlib.Path(__file__).resolve().parent.parent / 'scripts' / 'bench_train.py'
 NUM_STEPS = 50  # R1 at iterations 16, 32, 48 (d_reg_every 16, the recipe's)
 SEED = 0
 
@@ -57,16 +52,6 @@ def _config(dtype: str):
   return config
 
 
-def _batch(config):
-  spec = importlib.util.spec_from_file_location('bench_train', _SCRIPT)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
-  gt, locs = bench.make_batch(config, SEED)  # tinted/flipped astronaut faces with their component boxes
-  batch = {'gt': gt, 'num_skipped': np.zeros((gt.shape[0],), np.int32)}
-  batch.update({f'loc_{c}': v for c, v in locs.items()})
-  return jax.device_put(batch, jax.devices()[0])
-
-
 def train(dtype: str, num_steps: int = NUM_STEPS, round_params_to_bf16: bool = False, seed: int = SEED):
   """`num_steps` training iterations from `seed` on one fixed GT batch (the degradations follow the step).
 
@@ -75,18 +60,16 @@ def train(dtype: str, num_steps: int = NUM_STEPS, round_params_to_bf16: bool = F
     num_steps: iterations (R1 on those divisible by `loss.d_reg_every`, as the trainer does).
     round_params_to_bf16: a deliberately broken variant: every parameter is
       rounded to bfloat16 after each step (bf16 *storage*: small updates are lost).
-    seed: of the initial state and of the step keys (the GT batch is always `SEED`'s).
+    seed: of the initial state, the frozen networks and the GT batch (tinted and flipped astronaut faces with
+      their component boxes, `bench_train.make_batch`); the step keys follow the state.
 
   Returns:
     (per-step metrics as a list of {name: float}, final state as numpy, seconds per step).
   """
   config = _config(dtype)
-  nets = ts.build_networks(config)
-  state = jax.jit(functools.partial(ts.init_state, nets, config))(jax.random.key(seed))
-  frozen = ts.init_frozen(nets, jax.random.key(SEED + 1))
-  batch = _batch(config)
-  fns = {r1: jax.jit(functools.partial(steps.train_step, nets=nets, config=config, r1=r1)).lower(
-      state, batch, frozen).compile(compiler_options=xla_options.compiler_options()) for r1 in (False, True)}
+  bench = scripts.load('bench_train')
+  nets, state, batch, frozen = bench.init_training(config, seed)
+  fns = {r1: bench.compile_step(nets, config, state, batch, frozen, r1) for r1 in (False, True)}
   rounded = jax.jit(lambda s: s.replace(
       **{k: jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(p.dtype), getattr(s, k))
          for k in ('g_params', 'd_params', 'dc_params')}))
