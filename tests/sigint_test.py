@@ -4,6 +4,7 @@ Every subprocess runs in its own session and its whole process group is killed
 on any exit of the test.
 """
 
+import contextlib
 import os
 import queue
 import re
@@ -25,18 +26,19 @@ from trainer_test import _TRAIN_WITH_DEVICES, ROOT, _flat_state, _subprocess_env
 
 
 class _Proc:
-  """A subprocess in its own process group, with its merged output read line by line."""
+  """A subprocess (`procs.popen`: its own process group) with its merged output read line by line."""
 
-  def __init__(self, args, env):
-    # PDEATHSIG launcher: the trainer dies with a killed test worker too.
-    self.proc = subprocess.Popen(procs.launcher_argv(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  def __init__(self, proc):
+    self.proc = proc
     self.lines, self._queue = [], queue.Queue()
     threading.Thread(target=self._read, daemon=True).start()
 
   def _read(self):
-    for line in self.proc.stdout:
-      self._queue.put(line)
+    try:
+      for line in self.proc.stdout:
+        self._queue.put(line)
+    except (OSError, ValueError):  # the pipe closed under the reader when the test ended first
+      pass
     self._queue.put(None)
 
   def wait_for(self, predicate, timeout):
@@ -64,24 +66,17 @@ class _Proc:
   def output(self):
     return ''.join(self.lines)
 
-  def kill(self):
-    try:
-      os.killpg(self.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-
 
 @pytest.fixture
 def spawn():
-  procs = []
+  """start(args, env) -> _Proc; every group started is SIGKILLed when the test ends (`procs.popen`)."""
+  with contextlib.ExitStack() as stack:
 
-  def start(args, env):
-    procs.append(_Proc(args, env))
-    return procs[-1]
+    def start(args, env):
+      return _Proc(stack.enter_context(procs.popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, text=True)))
 
-  yield start
-  for p in procs:
-    p.kill()
+    yield start
 
 
 def _train_cmd(workdir, *overrides):
