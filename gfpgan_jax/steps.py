@@ -141,9 +141,11 @@ def step_on_pair(state: ts.TrainState, gt: Array, lq: Array, locs: dict[str, Arr
 
   Returns:
     (new state, scalar metrics, extras): extras holds the gradients
-    {'g', 'd', 'dc': {component: ...}} before the optimisers, and
-    'pyramid': the weighted L1 of each pyramid level, coarsest first (their sum
-    is the metric 'g/pyramid'; official `l_p_8`, `l_p_16`, ...).
+    {'g', 'd', 'dc': {component: ...}} before the optimisers, 'output': G's
+    output (what D scored as the fake), and 'pyramid': the weighted L1 of each
+    pyramid level, coarsest first (their sum is the metric 'g/pyramid';
+    official `l_p_8`, `l_p_16`, ...). XLA drops the extras a caller does not
+    use.
   """
   lc = config.loss
   real_patches = _patches(gt, locs, lc) if nets.dc is not None else None
@@ -198,7 +200,7 @@ def step_on_pair(state: ts.TrainState, gt: Array, lq: Array, locs: dict[str, Arr
   metrics = {f'g/{k}': v.astype(F32) for k, v in g_terms.items()}
   metrics['g/total'] = g_total.astype(F32)
   metrics.update({f'd/{k}': v.astype(F32) for k, v in {**d_aux, **dc_metrics}.items()})
-  extras = {'grads': {'g': g_grads, 'd': d_grads, 'dc': dc_grads}, 'pyramid': []}
+  extras = {'grads': {'g': g_grads, 'd': d_grads, 'dc': dc_grads}, 'output': out, 'pyramid': []}
   if lc.pyramid_weight:  # unused outputs are dropped by XLA
     weight = losses.pyramid_loss_weight(state.step + 1, lc.pyramid_weight, lc.remove_pyramid_loss)
     levels = losses.gt_pyramid(gt, len(rgbs))

@@ -16,7 +16,12 @@ weights. Reported:
   gradient of G, D and each component D (all their trainable parameters
   together; the worst single parameter is reported too). The official gradients
   are what `.grad` holds after the iteration (`torch_train_step.gradients`);
-  parameters without one (the decoder under `fix_decoder`) are left out.
+  parameters without one (the decoder under `fix_decoder`) are left out;
+* the activations of D whose leaky ReLU takes the other slope on our side
+  (`slope_flips`). The slope jumps from 1 to 0.2 at 0, so an input within
+  float32 rounding of 0 can land on either side, and D's whole gradient then
+  moves by that one activation's share. That, not a difference of the code,
+  puts D's gradient over the bar at 512 px with seed 0 (README).
 
 Used by tests/step_parity_test.py (small config) and scripts/bench_step_parity.py
 (512 px, the full recipe).
@@ -132,6 +137,79 @@ def _rel_l2(ours: dict[str, np.ndarray], official: dict[str, np.ndarray | None])
           'worst_param': worst_key, 'worst_param_rel_l2': worst, 'params': count}
 
 
+def _official_activations(net, x) -> dict[str, np.ndarray]:
+  """Each leaky-ReLU output of the official D `net` on x (NCHW torch), NHWC numpy by module name."""
+  import torch  # pylint: disable=g-import-not-at-top
+  acts, hooks = {}, []
+  for name, module in net.named_modules():
+    if type(module).__name__ == 'FusedLeakyReLU' or getattr(module, 'activation', None) == 'fused_lrelu':
+      def hook(module, inputs, output, name=name):  # pylint: disable=unused-argument
+        out = output.detach().cpu().numpy()
+        acts[name] = out.transpose(0, 2, 3, 1) if out.ndim == 4 else out
+      hooks.append(module.register_forward_hook(hook))
+  try:
+    with torch.no_grad():
+      net(x.detach())
+  finally:
+    for h in hooks:
+      h.remove()
+  return acts
+
+
+def _our_activations(d, d_params, x) -> dict[str, np.ndarray]:
+  """Each leaky-ReLU output of our D on x (NHWC), by the official module name."""
+  def leaky(module, method):
+    return method == '__call__' and (type(module).__name__ == 'FusedLeakyReLU' or
+                                     getattr(module, 'activation', None) == 'fused_lrelu')
+
+  _, state = xla_options.jit(lambda p, x: d.apply({'params': p}, x, capture_intermediates=leaky,
+                                                  mutable=['intermediates']))(d_params, x)
+  flat = traverse_util.flatten_dict(jax.device_get(state['intermediates']))
+  return {'.'.join(k[:-1]): np.asarray(v[0]) for k, v in flat.items()}
+
+
+def slope_flips(net, d, d_params, official_images, our_images) -> dict[str, Any]:
+  """Where D's leaky ReLUs take the other slope on our side than on the official one, in one iteration.
+
+  Each side's D runs on what its iteration fed it (the official fake and ours,
+  then the GT); an activation whose sign differs between the sides has its
+  input within rounding of the kink, where the slope, and so the gradient
+  through it, jumps from 1 to 0.2.
+
+  Args:
+    net: the official D (torch).
+    d, d_params: ours.
+    official_images: torch NCHW tensors, the official D's inputs.
+    our_images: NHWC arrays, ours (in the same order).
+
+  Returns:
+    {'count': activations of differing sign, 'of': activations compared,
+    'layers': {official module name: [count, activations in it]} for those
+    with any, 'weightiest': [layer, official, ours] for one flipped
+    activation (its values) in the layer with the fewest activations, where
+    one carries the largest share of the gradient (None when none differ)}.
+  """
+  count = total = 0
+  layers, weightiest, weightiest_size = {}, None, None
+  for theirs_x, ours_x in zip(official_images, our_images):
+    theirs, ours = _official_activations(net, theirs_x), _our_activations(d, d_params, ours_x)
+    if set(theirs) != set(ours):
+      raise ValueError(f'activations differ: official {sorted(set(theirs) - set(ours))}, '
+                       f'ours {sorted(set(ours) - set(theirs))}')
+    for name, a in theirs.items():
+      b = ours[name]
+      flipped = (a > 0) != (b > 0)
+      n = int(flipped.sum())
+      count, total = count + n, total + a.size
+      if n:
+        prev = layers.get(name, [0, 0])
+        layers[name] = [prev[0] + n, prev[1] + a.size]
+        i = int(np.argmax(flipped))
+        if weightiest is None or a.size < weightiest_size:
+          weightiest, weightiest_size = [name, float(a.flat[i]), float(b.flat[i])], a.size
+  return {'count': count, 'of': total, 'layers': layers, 'weightiest': weightiest}
+
+
 def _flat(tree) -> dict[str, np.ndarray]:
   return {'.'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree)).items()}
 
@@ -173,11 +251,14 @@ def compare_iteration(model, sds, state, frozen, nets, config, gt, lq, locs, r1:
     theirs = float(official_log[name])
     losses[name] = {'official': theirs, 'ours': ours[mine],
                     'rel': abs(ours[mine] - theirs) / abs(theirs) if theirs else abs(ours[mine])}
+  torch_train_step.load_weights(model, sds)  # D as it was before its step: the weights both sides' D used
+  flips = slope_flips(model.net_d, nets.d, state.d_params, [model.output, model.gt],
+                      [extras['output'], jnp.asarray(gt)])  # D's two forwards: the fake, the real
   grads = {'g': _rel_l2(_flat(extras['grads']['g']), official_grads['g']),
            'd': _rel_l2(_flat(extras['grads']['d']), official_grads['d'])}
   for c in official_grads.get('dc', {}):
     grads[f'd_{c}'] = _rel_l2(_flat(extras['grads']['dc'][c]), official_grads['dc'][c])
-  return {'iteration': iteration, 'losses': losses, 'grads': grads,
+  return {'iteration': iteration, 'losses': losses, 'grads': grads, 'd_slope_flips': flips,
           'max_loss_rel': max(v['rel'] for v in losses.values()),
           'max_grad_rel_l2': max(v['rel_l2'] for v in grads.values())}
 
@@ -219,4 +300,12 @@ def format_report(report: dict[str, Any]) -> str:
     for name, v in rep['grads'].items():
       lines.append(f"  {name:<22}{v['norm']:>15.7g}{v['rel_l2']:>15.2e}{v['worst_param_rel_l2']:>11.2e}"
                    f"  ({v['worst_param']}, {v['params']} params)")
+    if 'd_slope_flips' in rep:
+      f = rep['d_slope_flips']
+      line = f"  D's leaky ReLUs on the other slope here: {f['count']} of {f['of']} activations"
+      if f['count']:
+        where = ', '.join(f'{k} {n} of {m}' for k, (n, m) in f['layers'].items())
+        name, a, b = f['weightiest']
+        line += f" ({where}; the weightiest, in {name}: official {a:+.2e}, ours {b:+.2e})"
+      lines.append(line)
   return '\n'.join(lines)
