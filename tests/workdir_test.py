@@ -29,11 +29,15 @@ from gfpgan_jax.testing import procs as procs_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# `python -c _HOLD WORKDIR [fork]`: takes the lock, optionally forks a child that outlives it, and sleeps.
+# `python -c _HOLD WORKDIR [fork]`: takes the lock, optionally forks a child that outlives it, and sleeps. It prints
+# "locked" only once the child runs: the lock's at-fork hook has then closed the child's copy of the descriptor
+# (before the child's fork() returned), so killing the holder right after the line cannot race that hook.
 _HOLD = ('import os, sys, time; from gfpgan_jax import workdir_lock; '
          'lock = workdir_lock.WorkdirLock(sys.argv[1]).acquire(); '
+         'ready_r, ready_w = os.pipe(); '
          'child = os.fork() if len(sys.argv) > 2 else -1\n'
-         'if child == 0:\n  time.sleep(600); os._exit(0)\n'
+         'if child == 0:\n  os.write(ready_w, b"r"); time.sleep(600); os._exit(0)\n'
+         'if child > 0:\n  assert os.read(ready_r, 1) == b"r"\n'
          'print("locked", os.getpid(), child, flush=True); time.sleep(600)')
 
 
