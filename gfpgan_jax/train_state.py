@@ -123,14 +123,20 @@ def init_state(nets: Networks, config: ml_collections.ConfigDict, key: jax.Array
 
 
 def init_frozen(nets: Networks, key: jax.Array) -> dict[str, PyTree]:
-  """Random variables of the frozen loss networks (replaced by `trainer.load_pretrained`)."""
-  out = {}
-  k1, k2 = jax.random.split(key)
-  if nets.vgg is not None:
-    out['vgg'] = nets.vgg.init(k1, jnp.zeros((1, 32, 32, 3), jnp.float32))
-  if nets.arcface is not None:
-    out['arcface'] = nets.arcface.init(k2, jnp.zeros((1, 128, 128, 1), jnp.float32))
-  return out
+  """Random variables of the frozen loss networks (replaced by `trainer.load_pretrained`).
+
+  One jitted computation: Flax's eager `init` dispatches every initializer and
+  layer one op at a time, which took 16 s for VGG19 and ArcFace on a CPU.
+  """
+  def init(key):
+    out = {}
+    k1, k2 = jax.random.split(key)
+    if nets.vgg is not None:
+      out['vgg'] = nets.vgg.init(k1, jnp.zeros((1, 32, 32, 3), jnp.float32))
+    if nets.arcface is not None:
+      out['arcface'] = nets.arcface.init(k2, jnp.zeros((1, 128, 128, 1), jnp.float32))
+    return out
+  return jax.jit(init)(key)
 
 
 def with_pretrained_g(state: TrainState, variables: dict[str, PyTree], nets: Networks) -> TrainState:
