@@ -114,19 +114,18 @@ def load_pretrained(state: ts.TrainState, nets: ts.Networks, config: ml_collecti
 
 def load_frozen(nets: ts.Networks, config: ml_collections.ConfigDict) -> PyTree:
   """The frozen loss networks: pretrained when `config.init` names them, else random (warned)."""
-  frozen = ts.init_frozen(nets, jax.random.fold_in(jax.random.key(config.seed), 7))
-  if nets.vgg is not None:
-    if config.init.vgg19:
-      kw = dict(layer_name_list=ts.vgg_layer_names(config))
-      frozen['vgg'] = load_variables(config.init.vgg19, 'vgg19', kw)
-    else:
-      log.warning('config.init.vgg19 is empty: the perceptual/style losses use a RANDOM VGG19')
-  if nets.arcface is not None:
-    if config.init.arcface:
-      frozen['arcface'] = load_variables(config.init.arcface, 'arcface', config.model.arcface_kwargs.to_dict())
-    else:
-      log.warning('config.init.arcface is empty: the identity loss uses a RANDOM ArcFace')
-  return frozen
+  loaded = {}
+  if nets.vgg is not None and config.init.vgg19:
+    kw = dict(layer_name_list=ts.vgg_layer_names(config))
+    loaded['vgg'] = load_variables(config.init.vgg19, 'vgg19', kw)
+  if nets.arcface is not None and config.init.arcface:
+    loaded['arcface'] = load_variables(config.init.arcface, 'arcface', config.model.arcface_kwargs.to_dict())
+  frozen = ts.init_frozen(nets, jax.random.fold_in(jax.random.key(config.seed), 7), skip=tuple(loaded))
+  if nets.vgg is not None and 'vgg' not in loaded:
+    log.warning('config.init.vgg19 is empty: the perceptual/style losses use a RANDOM VGG19')
+  if nets.arcface is not None and 'arcface' not in loaded:
+    log.warning('config.init.arcface is empty: the identity loss uses a RANDOM ArcFace')
+  return dict(frozen, **loaded)
 
 
 # ------------------------------------------------------------------------------

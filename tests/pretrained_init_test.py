@@ -84,6 +84,11 @@ def test_generator_for_fine_tuning_and_frozen_networks(official, setup, tmp_path
     _assert_same(new.g_ema_params, want['params'])
     frozen = trainer.load_frozen(nets, config)
     _assert_same(frozen['arcface'], convert.torch_to_flax(arc, 'arcface', layers=(1, 1, 1, 1), use_se=False))
+  # The VGG19 not named stays random, drawn as if nothing were loaded; the loaded ArcFace is never drawn.
+  key = jax.random.fold_in(jax.random.key(config.seed), 7)
+  assert nets.vgg is not None and set(frozen) == {'vgg', 'arcface'}
+  _assert_same(frozen['vgg'], ts.init_frozen(nets, key)['vgg'])
+  assert set(ts.init_frozen(nets, key, skip=('arcface',))) == {'vgg'}
 
 
 def test_wrong_weights_fail_clearly(official, setup, tmp_path):
