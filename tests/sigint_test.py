@@ -137,11 +137,17 @@ from gfpgan_jax import interrupts
 signals = interrupts.install()
 signals.attach(lambda: 'step 7 in /somewhere', lambda: None)
 signals.phase = 'loop'
+import threading, time
 import jax, jax.numpy as jnp
-def f(x):
+def f(x):  # about 2 s of tracing, lowering and compiling on an idle 2-core CPU
   for i in range(1500):
     x = jnp.sin(x) * i + jnp.cos(x[::-1])
   return x
+def say_when_compiling():  # so that the test signals inside the compile, however fast the machine
+  while not interrupts.main_thread_compiling():
+    time.sleep(0.005)
+  print('inside the compile', flush=True)
+threading.Thread(target=say_when_compiling, daemon=True).start()
 print('compiling', flush=True)
 jax.jit(f).lower(jnp.ones(16)).compile()
 print('compiled', flush=True)
@@ -183,10 +189,9 @@ def test_sigint_during_a_checkpoint_write_saves_and_resumes_bit_exactly(tmp_path
 def test_sigint_while_the_loop_compiles_exits_at_once(spawn):
   """In the loop, a first SIGINT waits for the step; unless the main thread is compiling (seen from its stack)."""
   p = spawn([sys.executable, '-c', _COMPILE, str(ROOT)], _subprocess_env(JAX_COMPILATION_CACHE_DIR=''))
-  p.wait_for(lambda out: 'compiling' in out, timeout=60)
-  time.sleep(2)
+  p.wait_for(lambda out: 'inside the compile' in out, timeout=60)
   p.sigint()
-  assert p.finish(timeout=30) == 130
+  assert p.finish(timeout=30) == 130, p.output
   _assert_clean(p.output)
   assert 'compiled' not in p.output.replace('compiling', '')
   assert ('interrupted (SIGINT) while compiling: exiting without saving; the last checkpoint is step 7 in '
